@@ -1,1 +1,5 @@
-fn main() {}
+//! The `taskscope` command. Everything lives in the library; see `lib.rs`.
+
+fn main() -> std::process::ExitCode {
+    taskscope_cli::main()
+}
