@@ -197,7 +197,14 @@ mod tests {
 
     #[test]
     fn midpoint_error_is_bounded() {
-        for ns in [1_500u64, 10_000, 123_456, 9_999_999, 1_000_000_000, 60_000_000_000] {
+        for ns in [
+            1_500u64,
+            10_000,
+            123_456,
+            9_999_999,
+            1_000_000_000,
+            60_000_000_000,
+        ] {
             let mid = bucket_midpoint(bucket_index(ns)) as f64;
             let err = (mid - ns as f64).abs() / ns as f64;
             assert!(err <= 0.2, "{ns}: midpoint {mid} err {err}");

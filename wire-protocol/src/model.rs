@@ -87,7 +87,9 @@ impl fmt::Display for Location {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     #[default]
@@ -196,7 +198,15 @@ impl Task {
     pub fn display_name(&self) -> String {
         match &self.name {
             Some(n) if !n.is_empty() => n.clone(),
-            _ => format!("{}#{}", if self.kind.is_empty() { "task" } else { &self.kind }, self.id),
+            _ => format!(
+                "{}#{}",
+                if self.kind.is_empty() {
+                    "task"
+                } else {
+                    &self.kind
+                },
+                self.id
+            ),
         }
     }
 
@@ -260,7 +270,9 @@ pub struct AsyncOp {
     pub attributes: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -386,7 +398,11 @@ impl State {
     }
 
     /// Edges of `kind` touching `resource`.
-    pub fn edges_on(&self, resource: ResourceId, kind: EdgeKind) -> impl Iterator<Item = &WaitEdge> {
+    pub fn edges_on(
+        &self,
+        resource: ResourceId,
+        kind: EdgeKind,
+    ) -> impl Iterator<Item = &WaitEdge> {
         self.edges
             .iter()
             .filter(move |e| e.resource_id == resource && e.kind == kind)
