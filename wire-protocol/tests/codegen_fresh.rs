@@ -25,7 +25,8 @@ fn generated_code_matches_proto_files() {
         .out_dir(out.path())
         .compile_fds(fds)
         .expect("code generation");
-    let fresh = std::fs::read_to_string(out.path().join("taskscope.v1.rs")).expect("generated file");
+    let fresh =
+        std::fs::read_to_string(out.path().join("taskscope.v1.rs")).expect("generated file");
     let committed_path = root.join("wire-protocol/src/generated/taskscope.v1.rs");
     if std::env::var_os("TASKSCOPE_BLESS").is_some() {
         std::fs::write(&committed_path, &fresh).expect("write generated code");

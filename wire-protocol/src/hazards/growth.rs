@@ -5,7 +5,8 @@
 //! ticks. Each tick it is fed the state ([`GrowthTracker::observe`], one pass
 //! over the tasks, one map entry per spawn site) and asked for findings
 //! ([`GrowthTracker::hazards`]). Memory is bounded: at most
-//! [`MAX_SAMPLES`] samples per site, and sites with no live task for a whole
+//! [`MAX_SAMPLES`] samples per site (older samples are thinned out, so long
+//! windows keep their coverage), and sites with no live task for a whole
 //! window are forgotten.
 //!
 //! # How it decides
@@ -45,26 +46,40 @@ impl GrowthTracker {
     /// per tick, with `now` increasing; samples older than twice
     /// `window_ms` are discarded.
     pub fn observe(&mut self, state: &State, window_ms: u64, now: Timestamp) {
-        let mut counts: HashMap<&Location, u64> = HashMap::new();
-        for t in state.live_tasks() {
-            if let Some(l) = t.location.as_ref().filter(|l| l.is_known()) {
-                *counts.entry(l).or_default() += 1;
-            }
+        let sites = state
+            .live_tasks()
+            .filter_map(|t| t.location.as_ref().filter(|l| l.is_known()).map(|l| (l, 1)));
+        self.observe_counts(sites, window_ms, now);
+    }
+
+    /// Records live-task counts per spawn site that the caller already
+    /// keeps (the live registry does). Repeated sites are summed; sites not
+    /// mentioned count as 0 at `now`.
+    pub fn observe_counts<'l>(
+        &mut self,
+        counts: impl IntoIterator<Item = (&'l Location, u64)>,
+        window_ms: u64,
+        now: Timestamp,
+    ) {
+        let mut by_site: HashMap<&Location, u64> = HashMap::new();
+        for (loc, n) in counts {
+            *by_site.entry(loc).or_default() += n;
         }
-        let keep = ms(window_ms).saturating_mul(2);
         for (loc, samples) in self.sites.iter_mut() {
-            let n = counts.remove(loc).unwrap_or(0);
+            let n = by_site.remove(loc).unwrap_or(0);
             samples.push_back((now, n));
         }
-        for (loc, n) in counts {
+        for (loc, n) in by_site {
             self.sites.insert(loc.clone(), VecDeque::from([(now, n)]));
         }
+        let keep = ms(window_ms).saturating_mul(2);
         let window = ms(window_ms);
         self.sites.retain(|_, samples| {
-            while samples.len() > MAX_SAMPLES
-                || samples.front().is_some_and(|(t, _)| now.since(*t) > keep)
-            {
+            while samples.front().is_some_and(|(t, _)| now.since(*t) > keep) {
                 samples.pop_front();
+            }
+            if samples.len() > MAX_SAMPLES {
+                decimate(samples);
             }
             samples
                 .iter()
@@ -131,6 +146,22 @@ impl GrowthTracker {
             f.push(&mut out);
         }
         out
+    }
+}
+
+/// Halves the samples (keeping the first and the newest), so a long window
+/// keeps its coverage at a coarser resolution.
+fn decimate(samples: &mut VecDeque<(Timestamp, u64)>) {
+    let last = samples.back().copied();
+    let mut i = 0usize;
+    samples.retain(|_| {
+        i += 1;
+        i % 2 == 1
+    });
+    if let (Some(last), Some(kept)) = (last, samples.back().copied()) {
+        if kept != last {
+            samples.push_back(last);
+        }
     }
 }
 
@@ -262,6 +293,46 @@ mod tests {
     }
 
     #[test]
+    fn long_windows_keep_coverage_within_the_sample_cap() {
+        // 10-minute window at 1 Hz: 600+ ticks, more than MAX_SAMPLES.
+        let c = HazardConfig {
+            growth_window_ms: 600_000,
+            ..config()
+        };
+        let mut t = GrowthTracker::new();
+        let mut s = state();
+        for tick in 0..=700u64 {
+            let mut id = 0;
+            s = state_with(10 + tick as usize, &mut id);
+            t.observe(&s, 600_000, Timestamp(NOW.0 + tick * SEC));
+        }
+        assert!(t.sites.values().all(|v| v.len() <= MAX_SAMPLES + 1));
+        let found = t.hazards(&s, &c, Timestamp(NOW.0 + 700 * SEC));
+        assert_eq!(found.len(), 1, "600 more tasks over 10 minutes");
+    }
+
+    #[test]
+    fn counts_from_the_registry_work_like_a_state() {
+        let site = Location::new("src/jobs.rs", 3, 1);
+        let mut t = GrowthTracker::new();
+        for tick in 0..=70u64 {
+            t.observe_counts(
+                [(&site, 5 * tick), (&site, 10)],
+                60_000,
+                Timestamp(NOW.0 + tick * SEC),
+            );
+        }
+        let found = t.hazards(&state(), &config(), Timestamp(NOW.0 + 70 * SEC));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].summary.contains("grew from 60 to 360"),
+            "{}",
+            found[0].summary
+        );
+        assert!(found[0].task_ids.is_empty(), "no tasks in this state");
+    }
+
+    #[test]
     fn memory_is_bounded_and_idle_sites_are_forgotten() {
         let mut t = GrowthTracker::new();
         let mut id = 0;
@@ -269,7 +340,7 @@ mod tests {
         for tick in 0..1_000u64 {
             t.observe(&busy, 60_000, Timestamp(NOW.0 + tick * SEC));
         }
-        assert!(t.sites.values().all(|s| s.len() <= MAX_SAMPLES));
+        assert!(t.sites.values().all(|s| s.len() <= MAX_SAMPLES + 1));
         let empty = state();
         for tick in 1_000..1_100u64 {
             t.observe(&empty, 60_000, Timestamp(NOW.0 + tick * SEC));

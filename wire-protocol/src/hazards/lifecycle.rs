@@ -39,56 +39,87 @@ use super::{describe, fmt_bytes, fmt_ns, ms, parked_location, spawn_location, Cx
 /// `"JoinSet drop"`…), when the instrumentation knows.
 pub const CANCELLED_BY_FIELD: &str = "taskscope.cancelled_by";
 
-pub(crate) fn detect(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
-    let dropped_runtimes: Vec<(RuntimeId, Timestamp)> = cx
-        .state
-        .process
-        .iter()
-        .flat_map(|p| &p.runtimes)
-        .filter_map(|r| r.dropped_at.map(|d| (r.id, d)))
-        .collect();
-    let rt_dropped = cx.on(HazardKind::RuntimeDroppedWithTasks);
-    let cancelled = cx.on(HazardKind::CancelledMidway);
-    let large = cx.on(HazardKind::LargeFuture);
-    let unpolled = cx.on(HazardKind::UnpolledFuture);
+/// The per-task part of [`super::detect`]'s single pass over the tasks,
+/// plus the per-runtime and per-site groups it finishes with.
+pub(crate) struct Pass<'a> {
+    dropped_runtimes: Vec<(RuntimeId, Timestamp)>,
+    rt_dropped: bool,
+    cancelled: bool,
+    large: bool,
+    unpolled: bool,
+    at_shutdown: BTreeMap<RuntimeId, Vec<&'a Task>>,
+    large_sites: BTreeMap<SiteKey<'a>, Vec<&'a Task>>,
+}
 
-    let mut at_shutdown: BTreeMap<RuntimeId, Vec<&Task>> = BTreeMap::new();
-    let mut large_sites: BTreeMap<SiteKey<'_>, Vec<&Task>> = BTreeMap::new();
-    let large_threshold = cx.config.large_future_bytes;
-    for task in cx.state.tasks.values() {
-        let shutdown_victim = rt_dropped && live_at_shutdown(task, &dropped_runtimes);
+impl<'a> Pass<'a> {
+    pub(crate) fn new(cx: &Cx<'a>) -> Option<Self> {
+        let dropped_runtimes: Vec<(RuntimeId, Timestamp)> = cx
+            .state
+            .process
+            .iter()
+            .flat_map(|p| &p.runtimes)
+            .filter_map(|r| r.dropped_at.map(|d| (r.id, d)))
+            .collect();
+        let rt_dropped = cx.on(HazardKind::RuntimeDroppedWithTasks) && !dropped_runtimes.is_empty();
+        let cancelled = cx.on(HazardKind::CancelledMidway);
+        let large = cx.on(HazardKind::LargeFuture) && cx.config.large_future_bytes > 0;
+        let unpolled = cx.on(HazardKind::UnpolledFuture);
+        (rt_dropped || cancelled || large || unpolled).then(|| Self {
+            dropped_runtimes,
+            rt_dropped,
+            cancelled,
+            large,
+            unpolled,
+            at_shutdown: BTreeMap::new(),
+            large_sites: BTreeMap::new(),
+        })
+    }
+
+    pub(crate) fn task(&mut self, cx: &Cx<'a>, task: &'a Task, out: &mut Vec<Hazard>) {
+        let shutdown_victim = self.rt_dropped && live_at_shutdown(task, &self.dropped_runtimes);
         if shutdown_victim {
             if let Some(rt) = task.runtime_id {
-                at_shutdown.entry(rt).or_default().push(task);
+                self.at_shutdown.entry(rt).or_default().push(task);
             }
         }
-        if cancelled && !shutdown_victim && task.state == TaskState::Cancelled && task.polls >= 1 {
+        if self.cancelled
+            && !shutdown_victim
+            && task.state == TaskState::Cancelled
+            && task.polls >= 1
+        {
             cancelled_midway(cx, task, out);
         }
-        if large && future_size(task) >= large_threshold && large_threshold > 0 {
+        if self.large && future_size(task) >= cx.config.large_future_bytes {
             let key = match spawn_location(task) {
                 Some(_) => SiteKey::Site(task.location.as_ref()),
                 None => SiteKey::Task(task.id),
             };
-            large_sites.entry(key).or_default().push(task);
+            self.large_sites.entry(key).or_default().push(task);
         }
-        if unpolled {
+        if self.unpolled {
             unpolled_future(cx, task, out);
         }
     }
-    for (rt, tasks) in at_shutdown {
-        runtime_dropped(cx, rt, &tasks, out);
+
+    pub(crate) fn finish(self, cx: &Cx<'a>, out: &mut Vec<Hazard>) {
+        for (rt, tasks) in &self.at_shutdown {
+            runtime_dropped(cx, *rt, tasks, out);
+        }
+        for tasks in self.large_sites.values() {
+            large_future(cx, tasks, out);
+        }
     }
-    for tasks in large_sites.values() {
-        large_future(cx, tasks, out);
-    }
+}
+
+/// Process-level: `multiple-runtimes`.
+pub(crate) fn detect_process(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
     if cx.on(HazardKind::MultipleRuntimes) {
         multiple_runtimes(cx, out);
     }
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
-enum SiteKey<'a> {
+pub(crate) enum SiteKey<'a> {
     Site(Option<&'a Location>),
     Task(TaskId),
 }

@@ -46,7 +46,7 @@
 //! instrumentation does not track (std locks, untracked channels) are
 //! invisible.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::model::{
@@ -77,49 +77,80 @@ fn wait_age(cx: &Cx<'_>, e: &WaitEdge) -> Option<u64> {
 
 fn futurelock(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
     let threshold = ms(cx.config.futurelock_ms);
-    let mut seen: BTreeSet<(TaskId, ResourceId)> = BTreeSet::new();
-    for hold in cx.state.edges.iter().filter(|e| e.kind == EdgeKind::Holds) {
-        let Some(holder) = live(cx, hold.task_id) else {
-            continue;
-        };
-        if cx.resource_dropped(hold.resource_id) || !seen.insert((hold.task_id, hold.resource_id)) {
-            continue;
-        }
-        let waiters: Vec<(&WaitEdge, u64)> = cx
-            .edges_on(hold.resource_id, EdgeKind::Waits)
-            .filter(|w| live(cx, w.task_id).is_some())
-            .filter_map(|w| wait_age(cx, w).filter(|&a| a >= threshold).map(|a| (w, a)))
-            .collect();
-        if waiters.is_empty() {
+    let old_enough = |w: &WaitEdge| wait_age(cx, w).is_some_and(|a| a >= threshold);
+    let mut holders: Vec<TaskId> = Vec::new();
+    // One linear walk over the edges grouped by resource.
+    for run in cx.runs_by_resource() {
+        if run.holds.is_empty() || !run.waits.iter().any(|w| old_enough(cx.edge(w))) {
             continue;
         }
-        if let Some((_, age)) = waiters.iter().find(|(w, _)| w.task_id == holder.id) {
-            report_futurelock(cx, holder, hold, &waiters, Why::HolderWaits(*age), out);
-            continue;
-        }
-        if holder.kind != "wrapped" {
-            continue; // a task holding a lock while parked: contention, not futurelock
-        }
-        let enclosing = enclosing_tasks(cx, holder);
-        if let Some(owner) = enclosing
-            .iter()
-            .find(|t| waiters.iter().any(|(w, _)| w.task_id == t.id))
-        {
-            report_futurelock(cx, holder, hold, &waiters, Why::OwnerWaits(owner), out);
-            continue;
-        }
-        // The future is not polled while the task that owns it keeps running.
-        let (Some(ended), Some(parent)) = (holder.last_poll_ended, enclosing.first()) else {
-            continue;
-        };
-        if holder.state != TaskState::Idle
-            || holder.last_poll_started.is_some_and(|s| s > ended)
-            || cx.now.since(ended) < threshold
-        {
-            continue;
-        }
-        if parent.last_poll_started.is_some_and(|s| s > ended) {
-            report_futurelock(cx, holder, hold, &waiters, Why::NotPolled(parent), out);
+        holders.clear();
+        holders.extend(run.holds.iter().map(|h| cx.edge(h).task_id));
+        holders.sort_unstable();
+        holders.dedup();
+        let any_wrapped = cx.any_wrapped();
+        let mut dropped = None;
+        for &holder_id in &holders {
+            let self_wait = run
+                .waits
+                .iter()
+                .map(|w| cx.edge(w))
+                .any(|w| w.task_id == holder_id && old_enough(w));
+            if !self_wait && !any_wrapped {
+                continue; // only a wrapped future can be the non-waiting holder
+            }
+            if *dropped.get_or_insert_with(|| cx.resource_dropped(run.id)) {
+                break;
+            }
+            let Some(holder) = live(cx, holder_id) else {
+                continue;
+            };
+            if !self_wait && holder.kind != "wrapped" {
+                continue; // a task holding a lock while parked: contention, not futurelock
+            }
+            let Some(hold) = run
+                .holds
+                .iter()
+                .map(|h| cx.edge(h))
+                .find(|h| h.task_id == holder_id)
+            else {
+                continue;
+            };
+            let waiters: Vec<(&WaitEdge, u64)> = run
+                .waits
+                .iter()
+                .map(|w| cx.edge(w))
+                .filter(|w| live(cx, w.task_id).is_some())
+                .filter_map(|w| wait_age(cx, w).filter(|&a| a >= threshold).map(|a| (w, a)))
+                .collect();
+            if waiters.is_empty() {
+                continue;
+            }
+            if let Some((_, age)) = waiters.iter().find(|(w, _)| w.task_id == holder.id) {
+                report_futurelock(cx, holder, hold, &waiters, Why::HolderWaits(*age), out);
+                continue;
+            }
+            let enclosing = enclosing_tasks(cx, holder);
+            if let Some(owner) = enclosing
+                .iter()
+                .find(|t| waiters.iter().any(|(w, _)| w.task_id == t.id))
+            {
+                report_futurelock(cx, holder, hold, &waiters, Why::OwnerWaits(owner), out);
+                continue;
+            }
+            // The future is not polled while the task that owns it keeps running.
+            let (Some(ended), Some(parent)) = (holder.last_poll_ended, enclosing.first()) else {
+                continue;
+            };
+            if holder.state != TaskState::Idle
+                || holder.last_poll_started.is_some_and(|s| s > ended)
+                || cx.now.since(ended) < threshold
+            {
+                continue;
+            }
+            if parent.last_poll_started.is_some_and(|s| s > ended) {
+                report_futurelock(cx, holder, hold, &waiters, Why::NotPolled(parent), out);
+            }
         }
     }
 }
@@ -271,40 +302,52 @@ struct Graph {
 
 impl Graph {
     fn build(cx: &Cx<'_>) -> Self {
-        let mut tasks: Vec<TaskId> = Vec::new();
-        let mut resources: Vec<ResourceId> = Vec::new();
-        let mut usable = Vec::new();
-        for e in &cx.state.edges {
-            if live(cx, e.task_id).is_none() || cx.resource_dropped(e.resource_id) {
-                continue;
+        // Only nodes with both an incoming and an outgoing arc can be on a
+        // cycle: a resource that is waited on and held/freed, a task that
+        // waits and holds/frees. Two linear walks over the index find them
+        // before any task is looked up.
+        let cyclable_resources: Vec<ResourceId> = cx
+            .runs_by_resource()
+            .filter(|r| !r.waits.is_empty() && r.can_be_freed())
+            .map(|r| r.id)
+            .collect();
+        let mut usable: Vec<&WaitEdge> = Vec::new();
+        if !cyclable_resources.is_empty() {
+            for run in cx.runs_by_task() {
+                if run.waits.is_empty() || !run.can_be_freed() {
+                    continue;
+                }
+                let edges = run
+                    .waits
+                    .iter()
+                    .chain(run.holds)
+                    .chain(run.frees)
+                    .map(|e| cx.edge(e));
+                let start = usable.len();
+                usable.extend(
+                    edges.filter(|e| cyclable_resources.binary_search(&e.resource_id).is_ok()),
+                );
+                if live(cx, run.id).is_none() {
+                    usable.truncate(start);
+                }
             }
-            tasks.push(e.task_id);
-            resources.push(e.resource_id);
-            usable.push(e);
+            usable.retain(|e| !cx.resource_dropped(e.resource_id));
         }
+        let mut tasks: Vec<TaskId> = usable.iter().map(|e| e.task_id).collect();
         tasks.sort_unstable();
         tasks.dedup();
+        let mut resources: Vec<ResourceId> = usable.iter().map(|e| e.resource_id).collect();
         resources.sort_unstable();
         resources.dedup();
         let nt = tasks.len();
-        let t_ix: HashMap<TaskId, u32> = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (*t, i as u32))
-            .collect();
-        let r_ix: HashMap<ResourceId, u32> = resources
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (*r, (nt + i) as u32))
-            .collect();
+        // Both ids come from `usable`, so the searches always succeed.
+        let t_ix = |t: TaskId| tasks.binary_search(&t).unwrap_or(0) as u32;
+        let r_ix = |r: ResourceId| (nt + resources.binary_search(&r).unwrap_or(0)) as u32;
         let mut arcs: Vec<(u32, u32)> = usable
             .iter()
-            .map(|e| {
-                let (t, r) = (t_ix[&e.task_id], r_ix[&e.resource_id]);
-                match e.kind {
-                    EdgeKind::Waits => (t, r),
-                    EdgeKind::Holds | EdgeKind::Frees => (r, t),
-                }
+            .map(|e| match e.kind {
+                EdgeKind::Waits => (t_ix(e.task_id), r_ix(e.resource_id)),
+                EdgeKind::Holds | EdgeKind::Frees => (r_ix(e.resource_id), t_ix(e.task_id)),
             })
             .collect();
         arcs.sort_unstable();
@@ -490,7 +533,7 @@ fn freer_in(
         }
         let better = match best {
             None => true,
-            Some((b, _)) => (b == not && f.task_id != not) || (f.task_id != not && f.task_id < b),
+            Some((b, _)) => f.task_id != not && (b == not || f.task_id < b),
         };
         if better {
             best = Some((f.task_id, f.kind));

@@ -57,17 +57,24 @@ pub fn parse_location(s: &str) -> Option<Location> {
     }
 }
 
-pub(crate) fn detect(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
-    let nested = cx.on(HazardKind::NestedRuntime);
-    let held = cx.on(HazardKind::HeldAcrossAwait);
-    if !(nested || held) {
-        return;
+/// The per-task part of [`super::detect`]'s single pass over the tasks.
+pub(crate) struct Pass {
+    nested: bool,
+    held: bool,
+}
+
+impl Pass {
+    pub(crate) fn new(cx: &Cx<'_>) -> Option<Self> {
+        let nested = cx.on(HazardKind::NestedRuntime);
+        let held = cx.on(HazardKind::HeldAcrossAwait);
+        (nested || held).then_some(Self { nested, held })
     }
-    for task in cx.state.tasks.values() {
-        if nested {
+
+    pub(crate) fn task(&self, cx: &Cx<'_>, task: &Task, out: &mut Vec<Hazard>) {
+        if self.nested {
             nested_runtime(cx, task, out);
         }
-        if held {
+        if self.held {
             held_across_await(cx, task, out);
         }
     }

@@ -10,13 +10,30 @@
 //! # Shape
 //!
 //! * [`detect`] runs every enabled detector and returns the findings in a
-//!   deterministic order (detector by detector, tasks by id).
+//!   deterministic order (the same state gives the same list).
 //! * [`HazardConfig`] holds thresholds, per-kind enable/disable and severity
 //!   overrides; it loads from the `[hazards]` table of `taskscope.toml`
 //!   ([`HazardConfig::from_toml_str`]).
 //! * [`catalogue()`] describes every hazard id of `shared/HAZARDS.md`: title,
 //!   default severity, advice, doc anchor and where it can be detected.
 //! * [`cycle_dot`] renders a `deadlock-cycle` finding as Graphviz.
+//!
+//! The live side, once per tick:
+//!
+//! ```
+//! use taskscope_wire::hazards::{detect, GrowthTracker, HazardConfig};
+//! use taskscope_wire::model::{State, Timestamp};
+//!
+//! let config = HazardConfig::from_toml_str("[hazards]\nblocking_poll_ms = 20\n")?;
+//! let mut growth = GrowthTracker::new(); // kept between ticks
+//! let state = State::default(); // the registry's current state
+//! let now = Timestamp::now();
+//! growth.observe(&state, config.growth_window_ms, now);
+//! let mut findings = detect(&state, &config, now);
+//! findings.extend(growth.hazards(&state, &config, now));
+//! assert!(findings.is_empty());
+//! # Ok::<(), taskscope_wire::hazards::ConfigError>(())
+//! ```
 //!
 //! # Precision first
 //!
@@ -30,8 +47,10 @@
 //! # Cost
 //!
 //! [`detect`] is O(tasks + edges · log edges): one sorted index of the wait
-//! edges is built per call (two `Vec<u32>`), then each detector makes one pass
-//! over the tasks. Strings are only built for findings.
+//! edges is built per call (two flat sorted arrays), then a single pass over
+//! the tasks feeds every per-task detector, and the wait-for graph is built
+//! only from nodes that both wait and hold. Strings are only built for
+//! findings.
 //!
 //! # Detectors and the evidence they need
 //!
@@ -40,7 +59,7 @@
 //! | `lost-waker`, `waker-dropped-unwoken`, `leaked-task` | [`wakers`] | `state`, `polls`, `waker_clones`/`waker_drops` (a wake by value counts as a drop), `last_poll_ended`, `last_wake`, `parent_id`, `Waits` edges, `process.sources` |
 //! | `blocking-poll`, `never-yielded`, `scheduling-delay`, `self-wake-loop` | [`timing`] | `max_poll_ns`, `last_poll_started/ended`, `state`, `last_wake`, `scheduled_histogram`, `runtime_id`, `wakes`, `self_wakes` |
 //! | `cancelled-midway`, `runtime-dropped-with-tasks`, `multiple-runtimes`, `large-future`, `unpolled-future` | [`lifecycle`] | `state`, `polls`, `completed_at`, `process.runtimes` with `dropped_at`, `future_size`/`original_future_size`, `kind = "wrapped"`, `created_at` |
-//! | `futurelock`, `deadlock-cycle` | [`locks`] | `Holds`/`Waits`/`Frees` edges with `since`, resources, `last_poll_ended`, `parent_id` |
+//! | `futurelock`, `deadlock-cycle` | [`locks`] | `Holds`/`Waits`/`Frees` edges with `since`, resource `dropped_at`; for futurelock of a sub-future: `kind = "wrapped"` futures with their own polls, `parent_id` = the task polling them |
 //! | `unbounded-growth` | [`growth`] | spawn `location` of live tasks, fed tick by tick to a [`GrowthTracker`] |
 //! | `nested-runtime`, `held-across-await` | [`markers`] | marker fields set by the instrumentation (see [`markers`]) or a `block_on` task whose `parent_id` is the task being polled |
 
@@ -224,11 +243,42 @@ impl HazardConfig {
 pub fn detect(state: &State, config: &HazardConfig, now: Timestamp) -> Vec<Hazard> {
     let cx = Cx::new(state, config, now);
     let mut out = Vec::new();
-    wakers::detect(&cx, &mut out);
-    timing::detect(&cx, &mut out);
-    lifecycle::detect(&cx, &mut out);
+    // One pass over the tasks feeds every per-task detector: with 100k
+    // tasks the walk itself (cache misses on large `Task`s) is the cost.
+    let mut wakers = wakers::Pass::new(&cx);
+    let mut timing = timing::Pass::new(&cx);
+    let mut lifecycle = lifecycle::Pass::new(&cx);
+    let markers = markers::Pass::new(&cx);
+    if wakers.is_some() || timing.is_some() || lifecycle.is_some() || markers.is_some() {
+        let mut any_wrapped = false;
+        for task in state.tasks.values() {
+            any_wrapped |= task.kind == "wrapped";
+            if let Some(p) = &mut wakers {
+                p.task(&cx, task);
+            }
+            if let Some(p) = &mut timing {
+                p.task(&cx, task, &mut out);
+            }
+            if let Some(p) = &mut lifecycle {
+                p.task(&cx, task, &mut out);
+            }
+            if let Some(p) = &markers {
+                p.task(&cx, task, &mut out);
+            }
+        }
+        let _ = cx.any_wrapped.set(any_wrapped);
+    }
+    if let Some(p) = wakers {
+        p.finish(&cx, &mut out);
+    }
+    if let Some(p) = timing {
+        p.finish(&cx, &mut out);
+    }
+    if let Some(p) = lifecycle {
+        p.finish(&cx, &mut out);
+    }
+    lifecycle::detect_process(&cx, &mut out);
     locks::detect(&cx, &mut out);
-    markers::detect(&cx, &mut out);
     out
 }
 
@@ -239,6 +289,8 @@ pub(crate) struct Cx<'a> {
     pub config: &'a HazardConfig,
     pub now: Timestamp,
     index: EdgeIndex,
+    /// Whether any task is an instrumented (`wrapped`) future.
+    any_wrapped: std::cell::OnceCell<bool>,
 }
 
 impl<'a> Cx<'a> {
@@ -248,6 +300,7 @@ impl<'a> Cx<'a> {
             config,
             now,
             index: EdgeIndex::build(state),
+            any_wrapped: std::cell::OnceCell::new(),
         }
     }
 
@@ -261,11 +314,8 @@ impl<'a> Cx<'a> {
             state,
             config,
             now,
-            index: EdgeIndex {
-                by_task: Vec::new(),
-                by_resource: Vec::new(),
-                parents_of_live: Vec::new(),
-            },
+            index: EdgeIndex::default(),
+            any_wrapped: std::cell::OnceCell::new(),
         }
     }
 
@@ -284,14 +334,13 @@ impl<'a> Cx<'a> {
         kind: EdgeKind,
     ) -> impl Iterator<Item = &'a WaitEdge> + '_ {
         let edges = &self.state.edges;
+        let key = (task, kind_rank(kind));
         let ix = &self.index.by_task;
-        let start = ix.partition_point(|&i| {
-            (edges[i as usize].task_id, edges[i as usize].kind) < (task, kind)
-        });
+        let start = ix.partition_point(|&(t, k, _)| (t, k) < key);
         ix[start..]
             .iter()
-            .map(move |&i| &edges[i as usize])
-            .take_while(move |e| e.task_id == task && e.kind == kind)
+            .take_while(move |&&(t, k, _)| (t, k) == key)
+            .map(move |&(_, _, i)| &edges[i as usize])
     }
 
     /// Edges touching `resource`, of `kind`.
@@ -301,19 +350,69 @@ impl<'a> Cx<'a> {
         kind: EdgeKind,
     ) -> impl Iterator<Item = &'a WaitEdge> + '_ {
         let edges = &self.state.edges;
+        let key = (resource, kind_rank(kind));
         let ix = &self.index.by_resource;
-        let start = ix.partition_point(|&i| {
-            (edges[i as usize].resource_id, edges[i as usize].kind) < (resource, kind)
-        });
+        let start = ix.partition_point(|&(r, k, _)| (r, k) < key);
         ix[start..]
             .iter()
-            .map(move |&i| &edges[i as usize])
-            .take_while(move |e| e.resource_id == resource && e.kind == kind)
+            .take_while(move |&&(r, k, _)| (r, k) == key)
+            .map(move |&(_, _, i)| &edges[i as usize])
     }
 
-    /// Whether some live task names `task` as its parent.
+    /// Whether some live task names `task` as its parent (the set is built
+    /// on first use: most ticks never ask).
     pub(crate) fn has_live_child(&self, task: TaskId) -> bool {
-        self.index.parents_of_live.binary_search(&task).is_ok()
+        self.index
+            .parents_of_live
+            .get_or_init(|| {
+                let mut p: Vec<TaskId> = self
+                    .state
+                    .tasks
+                    .values()
+                    .filter(|t| t.state.is_live())
+                    .filter_map(|t| t.parent_id)
+                    .collect();
+                p.sort_unstable();
+                p.dedup();
+                p
+            })
+            .binary_search(&task)
+            .is_ok()
+    }
+
+    /// Whether the state has instrumented (`wrapped`) futures.
+    pub(crate) fn any_wrapped(&self) -> bool {
+        *self
+            .any_wrapped
+            .get_or_init(|| self.state.tasks.values().any(|t| t.kind == "wrapped"))
+    }
+
+    /// The wait edges grouped by resource, in resource id order.
+    pub(crate) fn runs_by_resource(&self) -> Runs<'_> {
+        Runs {
+            keyed: &self.index.by_resource,
+        }
+    }
+
+    /// The wait edges grouped by task, in task id order.
+    pub(crate) fn runs_by_task(&self) -> Runs<'_> {
+        Runs {
+            keyed: &self.index.by_task,
+        }
+    }
+
+    /// The edge an index entry points at.
+    pub(crate) fn edge(&self, entry: &(u64, u8, u32)) -> &'a WaitEdge {
+        &self.state.edges[entry.2 as usize]
+    }
+
+    /// Provides the parent ids of every live task, collected during the
+    /// single pass, so [`Cx::has_live_child`] needs no pass of its own.
+    pub(crate) fn set_parents_of_live(&self, mut parents: Vec<TaskId>) {
+        parents.sort_unstable();
+        parents.dedup();
+        // Already built means it was built from the same state: keep it.
+        let _ = self.index.parents_of_live.set(parents);
     }
 
     /// Whether the resource is known to have been dropped by `now`.
@@ -354,37 +453,85 @@ impl Finding {
     }
 }
 
-/// Sorted indices into `state.edges`, built once per [`detect`] call.
+/// All edges of one task or resource, split by kind (index entries; see
+/// [`Cx::edge`]).
+pub(crate) struct Run<'x> {
+    pub id: u64,
+    pub waits: &'x [(u64, u8, u32)],
+    pub holds: &'x [(u64, u8, u32)],
+    pub frees: &'x [(u64, u8, u32)],
+}
+
+impl Run<'_> {
+    /// Whether some edge says who holds or frees this (resource) / what this
+    /// task holds or frees.
+    pub(crate) fn can_be_freed(&self) -> bool {
+        !self.holds.is_empty() || !self.frees.is_empty()
+    }
+}
+
+/// Iterator over the [`Run`]s of a sorted index: one linear walk.
+pub(crate) struct Runs<'x> {
+    keyed: &'x [(u64, u8, u32)],
+}
+
+impl<'x> Iterator for Runs<'x> {
+    type Item = Run<'x>;
+
+    fn next(&mut self) -> Option<Run<'x>> {
+        let id = self.keyed.first()?.0;
+        let len = self.keyed.iter().take_while(|e| e.0 == id).count();
+        let (run, rest) = self.keyed.split_at(len);
+        self.keyed = rest;
+        let w = run.partition_point(|e| e.1 < 1);
+        let h = run.partition_point(|e| e.1 < 2);
+        Some(Run {
+            id,
+            waits: &run[..w],
+            holds: &run[w..h],
+            frees: &run[h..],
+        })
+    }
+}
+
+/// `(id, kind, index into state.edges)`, sorted, built once per [`detect`]
+/// call: lookups touch only this contiguous array.
+type Keyed = Vec<(u64, u8, u32)>;
+
+/// Sorted views of `state.edges`, built once per [`detect`] call.
+#[derive(Default)]
 struct EdgeIndex {
-    by_task: Vec<u32>,
-    by_resource: Vec<u32>,
+    by_task: Keyed,
+    by_resource: Keyed,
     /// Sorted, de-duplicated ids of tasks that have a live child task.
-    parents_of_live: Vec<TaskId>,
+    parents_of_live: std::cell::OnceCell<Vec<TaskId>>,
+}
+
+fn kind_rank(kind: EdgeKind) -> u8 {
+    match kind {
+        EdgeKind::Waits => 0,
+        EdgeKind::Holds => 1,
+        EdgeKind::Frees => 2,
+    }
 }
 
 impl EdgeIndex {
     fn build(state: &State) -> Self {
-        let edges = &state.edges;
         // More than u32::MAX edges cannot come from one process snapshot;
         // index only the first u32::MAX if it ever did.
-        let n = edges.len().min(u32::MAX as usize) as u32;
-        let mut by_task: Vec<u32> = (0..n).collect();
-        by_task.sort_unstable_by_key(|&i| (edges[i as usize].task_id, edges[i as usize].kind));
-        let mut by_resource: Vec<u32> = (0..n).collect();
-        by_resource
-            .sort_unstable_by_key(|&i| (edges[i as usize].resource_id, edges[i as usize].kind));
-        let mut parents_of_live: Vec<TaskId> = state
-            .tasks
-            .values()
-            .filter(|t| t.state.is_live())
-            .filter_map(|t| t.parent_id)
-            .collect();
-        parents_of_live.sort_unstable();
-        parents_of_live.dedup();
+        let edges = &state.edges[..state.edges.len().min(u32::MAX as usize)];
+        let mut by_task: Keyed = Vec::with_capacity(edges.len());
+        let mut by_resource: Keyed = Vec::with_capacity(edges.len());
+        for (i, e) in edges.iter().enumerate() {
+            by_task.push((e.task_id, kind_rank(e.kind), i as u32));
+            by_resource.push((e.resource_id, kind_rank(e.kind), i as u32));
+        }
+        by_task.sort_unstable();
+        by_resource.sort_unstable();
         Self {
             by_task,
             by_resource,
-            parents_of_live,
+            parents_of_live: std::cell::OnceCell::new(),
         }
     }
 }

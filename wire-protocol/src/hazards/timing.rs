@@ -40,26 +40,49 @@ use super::{
     current_poll_ns, describe, fmt_ns, ms, parked_location, poll_location, Cx, HazardKind,
 };
 
-pub(crate) fn detect(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
-    let never = cx.on(HazardKind::NeverYielded);
-    let blocking = cx.on(HazardKind::BlockingPoll);
-    let selfwake = cx.on(HazardKind::SelfWakeLoop);
-    if never || blocking || selfwake {
-        for task in cx.state.tasks.values() {
-            if task.kind == "blocking" {
-                continue;
-            }
-            let reported_never = never && never_yielded(cx, task, out);
-            if blocking && !reported_never {
-                blocking_poll(cx, task, out);
-            }
-            if selfwake {
-                self_wake_loop(cx, task, out);
-            }
+/// The per-task part of [`super::detect`]'s single pass over the tasks,
+/// plus the per-runtime grouping `scheduling-delay` finishes with.
+pub(crate) struct Pass {
+    never: bool,
+    blocking: bool,
+    selfwake: bool,
+    delay: Option<BTreeMap<Option<RuntimeId>, Runtime>>,
+}
+
+impl Pass {
+    pub(crate) fn new(cx: &Cx<'_>) -> Option<Self> {
+        let never = cx.on(HazardKind::NeverYielded);
+        let blocking = cx.on(HazardKind::BlockingPoll);
+        let selfwake = cx.on(HazardKind::SelfWakeLoop);
+        let delay = cx.on(HazardKind::SchedulingDelay).then(BTreeMap::new);
+        (never || blocking || selfwake || delay.is_some()).then_some(Self {
+            never,
+            blocking,
+            selfwake,
+            delay,
+        })
+    }
+
+    pub(crate) fn task(&mut self, cx: &Cx<'_>, task: &Task, out: &mut Vec<Hazard>) {
+        if task.kind == "blocking" {
+            return; // spawn_blocking: meant to block, holds no worker
+        }
+        let reported_never = self.never && never_yielded(cx, task, out);
+        if self.blocking && !reported_never {
+            blocking_poll(cx, task, out);
+        }
+        if self.selfwake {
+            self_wake_loop(cx, task, out);
+        }
+        if let Some(runtimes) = &mut self.delay {
+            collect_delay(cx, task, runtimes);
         }
     }
-    if cx.on(HazardKind::SchedulingDelay) {
-        scheduling_delay(cx, out);
+
+    pub(crate) fn finish(self, cx: &Cx<'_>, out: &mut Vec<Hazard>) {
+        if let Some(runtimes) = self.delay {
+            scheduling_delay(cx, runtimes, out);
+        }
     }
 }
 
@@ -205,49 +228,54 @@ struct Runtime {
     culprits_hist: Vec<(TaskId, u64)>,
 }
 
-fn scheduling_delay(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
+fn collect_delay(cx: &Cx<'_>, task: &Task, runtimes: &mut BTreeMap<Option<RuntimeId>, Runtime>) {
     let threshold = ms(cx.config.scheduling_delay_ms);
-    let mut runtimes: BTreeMap<Option<RuntimeId>, Runtime> = BTreeMap::new();
-    for task in cx.state.tasks.values() {
-        if matches!(task.kind.as_str(), "blocking") {
-            continue; // runs on the blocking pool, holds no worker
-        }
-        if task.state == TaskState::Scheduled {
-            if let Some(w) = task.last_wake {
-                let waited = cx.now.since(w);
-                if waited >= threshold {
-                    runtimes
-                        .entry(task.runtime_id)
-                        .or_default()
-                        .starved_now
-                        .push((task.id, waited));
-                }
-            }
-        }
-        if let Some(cur) = current_poll_ns(task, cx.now).filter(|&c| c >= threshold) {
-            runtimes
-                .entry(task.runtime_id)
-                .or_default()
-                .culprits_now
-                .push((task.id, cur));
-        }
-        if let Some(hist) = &task.scheduled_histogram {
-            if hist.max_ns >= threshold {
+    if matches!(task.kind.as_str(), "blocking") {
+        return; // runs on the blocking pool, holds no worker
+    }
+    if task.state == TaskState::Scheduled {
+        if let Some(w) = task.last_wake {
+            let waited = cx.now.since(w);
+            if waited >= threshold {
                 runtimes
                     .entry(task.runtime_id)
                     .or_default()
-                    .starved_hist
-                    .push((task.id, hist.max_ns));
+                    .starved_now
+                    .push((task.id, waited));
             }
         }
-        if task.max_poll_ns >= threshold {
+    }
+    if let Some(cur) = current_poll_ns(task, cx.now).filter(|&c| c >= threshold) {
+        runtimes
+            .entry(task.runtime_id)
+            .or_default()
+            .culprits_now
+            .push((task.id, cur));
+    }
+    if let Some(hist) = &task.scheduled_histogram {
+        if hist.max_ns >= threshold {
             runtimes
                 .entry(task.runtime_id)
                 .or_default()
-                .culprits_hist
-                .push((task.id, task.max_poll_ns));
+                .starved_hist
+                .push((task.id, hist.max_ns));
         }
     }
+    if task.max_poll_ns >= threshold {
+        runtimes
+            .entry(task.runtime_id)
+            .or_default()
+            .culprits_hist
+            .push((task.id, task.max_poll_ns));
+    }
+}
+
+fn scheduling_delay(
+    cx: &Cx<'_>,
+    runtimes: BTreeMap<Option<RuntimeId>, Runtime>,
+    out: &mut Vec<Hazard>,
+) {
+    let threshold = ms(cx.config.scheduling_delay_ms);
     for (rt, mut r) in runtimes {
         // A task cannot starve itself.
         let (mut starved, mut culprits, live) =

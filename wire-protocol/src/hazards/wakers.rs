@@ -42,13 +42,17 @@
 //!
 //! # Known limits
 //!
+//! Every verdict needs `last_poll_ended`: a dump that carries no poll times
+//! (a bare tokio walk without the taskscope registry) yields no waker
+//! findings, because "idle for T" cannot be shown.
+//!
 //! A lost waker in a task that also has a live child, or that waits on a
 //! tracked live resource, is not reported (precision over recall). A task
 //! woken only by a raw `Waker` that was never cloned (`wake_by_ref` on the
 //! borrowed waker from another thread is impossible, so this is rare) would
 //! look lost; such code is unsound to begin with.
 
-use crate::model::{EdgeKind, Hazard, Severity, State, Task, TaskState};
+use crate::model::{EdgeKind, Hazard, Severity, State, Task, TaskId, TaskState};
 
 use super::{describe, fmt_ns, ms, parked_location, Cx, HazardKind};
 
@@ -56,38 +60,66 @@ use super::{describe, fmt_ns, ms, parked_location, Cx, HazardKind};
 /// task is reachable from any live resource or the runtime.
 pub const WAKER_PATH_FIELD: &str = "taskscope.waker_path";
 
-pub(crate) fn detect(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
-    let lost = cx.on(HazardKind::LostWaker);
-    let dropped = cx.on(HazardKind::WakerDroppedUnwoken);
-    let leaked = cx.on(HazardKind::LeakedTask);
-    if !(lost || dropped || leaked) {
-        return;
+/// The per-task part of [`super::detect`]'s single pass over the tasks:
+/// collects parked tasks and the parents of live tasks, and judges the
+/// (few) parked tasks once the pass is over.
+pub(crate) struct Pass<'a> {
+    lost: bool,
+    dropped: bool,
+    leaked: bool,
+    counts_trusted: bool,
+    parked: Vec<(&'a Task, u64)>,
+    parents: Vec<TaskId>,
+}
+
+impl<'a> Pass<'a> {
+    pub(crate) fn new(cx: &Cx<'a>) -> Option<Self> {
+        let lost = cx.on(HazardKind::LostWaker);
+        let dropped = cx.on(HazardKind::WakerDroppedUnwoken);
+        let leaked = cx.on(HazardKind::LeakedTask);
+        (lost || dropped || leaked).then(|| Self {
+            lost,
+            dropped,
+            leaked,
+            counts_trusted: waker_counts_trusted(cx.state),
+            parked: Vec::new(),
+            parents: Vec::new(),
+        })
     }
-    let counts_trusted = waker_counts_trusted(cx.state);
-    for task in cx.state.tasks.values() {
-        let Some(idle_ns) = parked_for(cx, task) else {
-            continue;
-        };
-        let verdict = if counts_trusted {
-            classify(cx, task, idle_ns)
-        } else {
-            Verdict::Unknown
-        };
-        match verdict {
-            Verdict::Lost => {
-                if lost {
-                    report_lost(cx, task, idle_ns, out);
-                }
+
+    pub(crate) fn task(&mut self, cx: &Cx<'a>, task: &'a Task) {
+        if task.state.is_live() {
+            if let Some(p) = task.parent_id {
+                self.parents.push(p);
             }
-            Verdict::DroppedUnwoken => {
-                if dropped {
-                    report_dropped(cx, task, idle_ns, out);
-                }
+        }
+        if let Some(idle_ns) = parked_for(cx, task) {
+            let maybe_lost = self.counts_trusted && task.live_wakers() == 0;
+            let maybe_leaked = self.leaked && idle_ns >= ms(cx.config.leaked_task_idle_ms);
+            if maybe_lost || maybe_leaked {
+                self.parked.push((task, idle_ns));
             }
-            Verdict::Unknown => {
-                if leaked && idle_ns >= ms(cx.config.leaked_task_idle_ms) {
-                    report_leaked(cx, task, idle_ns, out);
+        }
+    }
+
+    pub(crate) fn finish(self, cx: &Cx<'a>, out: &mut Vec<Hazard>) {
+        if self.parked.is_empty() {
+            return;
+        }
+        cx.set_parents_of_live(self.parents);
+        for (task, idle_ns) in self.parked {
+            let verdict = if self.counts_trusted {
+                classify(cx, task, idle_ns)
+            } else {
+                Verdict::Unknown
+            };
+            match verdict {
+                Verdict::Lost if self.lost => report_lost(cx, task, idle_ns, out),
+                Verdict::DroppedUnwoken if self.dropped => report_dropped(cx, task, idle_ns, out),
+                Verdict::Unknown if self.leaked && idle_ns >= ms(cx.config.leaked_task_idle_ms) => {
+                    report_leaked(cx, task, idle_ns, out)
                 }
+                _ => {}
             }
         }
     }
