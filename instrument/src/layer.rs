@@ -1,0 +1,847 @@
+//! The tracing [`Layer`] that turns tokio's task instrumentation into
+//! [`TaskCell`] updates.
+//!
+//! # Callsites
+//! [`interesting_callsite`] decides once per callsite (in
+//! `register_callsite`) what the layer wants: tokio's `runtime.spawn`
+//! spans, its waker events (`tokio::task::waker`), resource and async-op
+//! spans and events, and user spans at DEBUG or above (for logical
+//! backtraces). With [`crate::init`] every other callsite is disabled for
+//! good; a layer from [`crate::Builder::build`] leaves them to the other
+//! layers of the stack.
+//!
+//! # Hot paths
+//! Poll start/end (span enter/exit) and waker events look up the span's
+//! extension (an `Arc<TaskCell>` stored at spawn) and do a few relaxed
+//! atomic operations on it; nothing allocates or takes a shared lock.
+//!
+//! # What tokio's spans do not say
+//! tokio does not report whether the final poll returned `Ready`. Since
+//! tracing 0.1.38 the task's `Instrumented` wrapper enters the span once
+//! more to drop the future; that enter/exit pair is taken back when the
+//! span closes right after it. A task whose drop follows its own poll on
+//! the same thread within 1 ms (tokio drops a finished future inside the
+//! call that polled it) is reported `completed`; one dropped anywhere else
+//! or later (abort, runtime shutdown) is `cancelled`; a poll that unwinds
+//! is `panicked`. An abort landing within 1 ms of the task's own poll on
+//! the same thread would be misreported as completed.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::{self, Write as _};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tracing_core::field::{Field, Visit};
+use tracing_core::span::{Attributes, Id};
+use tracing_core::{Event, Interest, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+use crate::backtrace::SpanNode;
+use crate::clock;
+use crate::resource::{resources, AsyncOpCell, AttrOp, AttrValue, ResourceCell};
+use crate::task::{intern_file, registry, state, PollRecord, Source, TaskCell, TaskIdentity};
+
+/// What a callsite is to taskscope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    None,
+    Task,
+    Resource,
+    AsyncOp,
+    AsyncOpPoll,
+    User,
+    Waker,
+    PollOp,
+    StateUpdate,
+    OpStateUpdate,
+}
+
+const IGNORED_TARGETS: &[&str] = &[
+    "tokio",
+    "runtime",
+    "h2",
+    "hyper",
+    "tonic",
+    "tower",
+    "taskscope",
+    "mio",
+    "want",
+    "console",
+];
+
+fn classify(meta: &Metadata<'_>) -> Kind {
+    if meta.is_span() {
+        match meta.name() {
+            "runtime.spawn" => Kind::Task,
+            "runtime.resource" => Kind::Resource,
+            "runtime.resource.async_op" => Kind::AsyncOp,
+            "runtime.resource.async_op.poll" => Kind::AsyncOpPoll,
+            _ => {
+                let t = meta.target();
+                let ignored = IGNORED_TARGETS.iter().any(|p| {
+                    t.starts_with(p)
+                        && (t.len() == p.len()
+                            || t[p.len()..].starts_with(':')
+                            || t[p.len()..].starts_with('_'))
+                });
+                if *meta.level() <= Level::DEBUG && !ignored {
+                    Kind::User
+                } else {
+                    Kind::None
+                }
+            }
+        }
+    } else {
+        match meta.target() {
+            "tokio::task::waker" => Kind::Waker,
+            "runtime::resource::poll_op" => Kind::PollOp,
+            "runtime::resource::state_update" => Kind::StateUpdate,
+            "runtime::resource::async_op::state_update" => Kind::OpStateUpdate,
+            _ => Kind::None,
+        }
+    }
+}
+
+/// Exactly the callsites [`TaskscopeLayer`] enables (used by the overhead
+/// benchmark's "tracing floor" layer).
+#[doc(hidden)]
+pub fn interesting_callsite(meta: &Metadata<'_>) -> bool {
+    classify(meta) != Kind::None
+}
+
+/// What taskscope stores in a span's extensions.
+enum SpanData {
+    Task(Arc<TaskCell>),
+    Resource(Arc<ResourceCell>),
+    AsyncOp(Arc<AsyncOpCell>),
+    User(Arc<TaskCell>),
+}
+
+// ---- per-thread context, shared with the future wrapper ----
+
+thread_local! {
+    /// Set on taskscope's own server thread: its spans and tasks are ignored.
+    static IGNORED: Cell<bool> = const { Cell::new(false) };
+    /// The tasks being polled on this thread, innermost last.
+    static CURRENT: RefCell<Vec<Arc<TaskCell>>> = const { RefCell::new(Vec::new()) };
+    /// The last two poll exits on this thread: (task id, what it recorded).
+    static LAST_EXIT: Cell<Option<(u64, PollRecord)>> = const { Cell::new(None) };
+    static PREV_EXIT: Cell<u64> = const { Cell::new(0) };
+    /// (task id, start of its previous poll) saved at the last task enter.
+    static ENTERED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+pub(crate) fn ignore_this_thread() {
+    let _ = IGNORED.try_with(|i| i.set(true));
+}
+
+fn ignored() -> bool {
+    IGNORED.try_with(|i| i.get()).unwrap_or(true)
+}
+
+/// The id of the task being polled on this thread, 0 if none.
+#[inline]
+pub(crate) fn current_task() -> u64 {
+    CURRENT
+        .try_with(|c| c.borrow().last().map(|t| t.id).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Runs `f` on the innermost polled task if its id is `id`.
+#[inline]
+fn with_current<R>(id: u64, f: impl FnOnce(&TaskCell) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|c| match c.borrow().last() {
+            Some(t) if t.id == id => Some(f(t)),
+            _ => None,
+        })
+        .ok()
+        .flatten()
+}
+
+#[inline]
+pub(crate) fn push_current(cell: &Arc<TaskCell>) {
+    let _ = CURRENT.try_with(|c| c.borrow_mut().push(cell.clone()));
+}
+
+/// Removes the innermost entry for task `id` and returns it.
+#[inline]
+pub(crate) fn pop_current(id: u64) -> Option<Arc<TaskCell>> {
+    CURRENT
+        .try_with(|c| {
+            let mut c = c.borrow_mut();
+            match c.last() {
+                Some(t) if t.id == id => c.pop(),
+                _ => {
+                    let pos = c.iter().rposition(|t| t.id == id)?;
+                    Some(c.remove(pos))
+                }
+            }
+        })
+        .ok()
+        .flatten()
+}
+
+/// Records the end of a poll of `cell` on this thread.
+fn exited(cell: &TaskCell) {
+    let now = clock::now_ns();
+    let started = cell.last_poll_started.load(Relaxed);
+    let mut rec = cell.poll_ended(now, std::thread::panicking());
+    rec.started = started;
+    rec.prev_started = match ENTERED.try_with(|e| e.get()) {
+        Ok((id, prev)) if id == cell.id => prev,
+        _ => 0,
+    };
+    let _ = LAST_EXIT.try_with(|l| {
+        let prev = l.replace(Some((cell.id, rec)));
+        let _ = PREV_EXIT.try_with(|p| p.set(prev.map(|(i, _)| i).unwrap_or(0)));
+    });
+}
+
+/// Longest time between a poll's end and the drop of its future for the
+/// task to count as completed (see the module docs).
+const READY_DROP_GAP_NS: u64 = 1_000_000;
+
+/// The tracing layer. Build one with [`crate::Builder::build`], or let
+/// [`crate::init`] install it.
+#[derive(Debug, Clone)]
+pub struct TaskscopeLayer {
+    /// Composed with other layers: leave uninteresting callsites to them.
+    pub(crate) composed: bool,
+}
+
+// ---- field visitors ----
+
+/// A fixed-size string buffer for short `Display` fields (no allocation).
+struct SmallStr {
+    buf: [u8; 24],
+    len: usize,
+    overflow: bool,
+}
+
+impl SmallStr {
+    fn new() -> Self {
+        Self {
+            buf: [0; 24],
+            len: 0,
+            overflow: false,
+        }
+    }
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl fmt::Write for SmallStr {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            self.overflow = true;
+            return Ok(());
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct TaskFields {
+    kind: Option<&'static str>,
+    name: Option<String>,
+    tokio_id: Option<u64>,
+    size: Option<u64>,
+    original_size: Option<u64>,
+    file: Option<Arc<str>>,
+    line: u32,
+    col: u32,
+}
+
+fn static_kind(s: &str) -> &'static str {
+    match s {
+        "task" => "task",
+        "blocking" => "blocking",
+        "block_on" => "block_on",
+        "local" => "local",
+        _ => "task",
+    }
+}
+
+impl Visit for TaskFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        match field.name() {
+            "kind" => {
+                let mut s = SmallStr::new();
+                let _ = write!(s, "{value:?}");
+                self.kind = Some(static_kind(s.as_str()));
+            }
+            "task.name" => {
+                let mut s = String::new();
+                let _ = write!(s, "{value:?}");
+                if !s.is_empty() {
+                    self.name = Some(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "loc.file" => self.file = Some(intern_file(value)),
+            "kind" => self.kind = Some(static_kind(value)),
+            "task.name" if !value.is_empty() => self.name = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "task.id" => self.tokio_id = Some(value),
+            "size.bytes" => self.size = Some(value),
+            "original_size.bytes" => self.original_size = Some(value),
+            "loc.line" => self.line = value as u32,
+            "loc.col" => self.col = value as u32,
+            _ => {}
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_u64(field, value.max(0) as u64)
+    }
+}
+
+/// Collects every field as `(name, value)` strings (resources, async ops,
+/// user spans: not hot).
+#[derive(Default)]
+struct AllFields(Vec<(&'static str, String)>);
+
+impl Visit for AllFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.push((field.name(), format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.push((field.name(), value.to_string()));
+    }
+}
+
+/// `runtime.resource` / `runtime.resource.async_op` span fields.
+#[derive(Default)]
+struct ResourceFields {
+    kind: Option<Arc<str>>,
+    concrete_type: Option<Arc<str>>,
+    source: Option<Arc<str>>,
+    file: Option<Arc<str>>,
+    line: u32,
+    col: u32,
+    internal: bool,
+}
+
+impl Visit for ResourceFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let mut s = SmallStr::new();
+        let _ = write!(s, "{value:?}");
+        if !s.overflow {
+            self.record_str(field, s.as_str().trim_matches('"'));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "kind" => self.kind = Some(intern_file(value)),
+            "concrete_type" => self.concrete_type = Some(intern_file(value)),
+            "source" => self.source = Some(intern_file(value)),
+            "loc.file" => self.file = Some(intern_file(value)),
+            _ => {}
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "loc.line" => self.line = value as u32,
+            "loc.col" => self.col = value as u32,
+            _ => {}
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if field.name() == "is_internal" {
+            self.internal = value;
+        }
+    }
+}
+
+/// The fields of one `state_update` event, without allocating for numbers.
+struct StateFields {
+    values: [Option<(&'static str, AttrValue)>; 6],
+    ops: [Option<(&'static str, AttrOp)>; 6],
+}
+
+impl StateFields {
+    fn new() -> Self {
+        Self {
+            values: Default::default(),
+            ops: Default::default(),
+        }
+    }
+    fn push(&mut self, name: &'static str, v: AttrValue) {
+        if let Some(slot) = self.values.iter_mut().find(|s| s.is_none()) {
+            *slot = Some((name, v));
+        }
+    }
+    fn each(self, mut f: impl FnMut(&'static str, AttrValue, AttrOp)) {
+        let ops = self.ops;
+        let find = |name: &str| {
+            ops.iter()
+                .flatten()
+                .find(|(n, _)| *n == name)
+                .map(|(_, o)| *o)
+                .unwrap_or(AttrOp::Override)
+        };
+        for (n, v) in self.values.into_iter().flatten() {
+            f(n, v, find(n));
+        }
+    }
+}
+
+impl Visit for StateFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let mut s = SmallStr::new();
+        let _ = write!(s, "{value:?}");
+        let v = if s.overflow {
+            format!("{value:?}")
+        } else {
+            s.as_str().to_string()
+        };
+        self.record_str(field, v.trim_matches('"'));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let name = field.name();
+        if let Some(base) = name.strip_suffix(".op") {
+            let op = match value {
+                "add" => AttrOp::Add,
+                "sub" => AttrOp::Sub,
+                _ => AttrOp::Override,
+            };
+            if let Some(slot) = self.ops.iter_mut().find(|s| s.is_none()) {
+                // `base` borrows the 'static field name.
+                *slot = Some((&name[..base.len()], op));
+            }
+            return;
+        }
+        self.push(name, AttrValue::Str(value.into()));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.push(field.name(), AttrValue::U64(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field.name(), AttrValue::I64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field.name(), AttrValue::Bool(value));
+    }
+}
+
+#[derive(Default)]
+struct WakerFields {
+    op: u8,
+    task: u64,
+}
+
+impl Visit for WakerFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "op" {
+            let mut s = SmallStr::new();
+            let _ = write!(s, "{value:?}");
+            self.record_str(field, s.as_str().trim_matches('"'));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "op" {
+            self.op = match value {
+                "waker.clone" => 1,
+                "waker.drop" => 2,
+                "waker.wake" => 3,
+                "waker.wake_by_ref" => 4,
+                _ => 0,
+            };
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "task.id" {
+            self.task = value;
+        }
+    }
+}
+
+#[derive(Default)]
+struct PollOpFields {
+    ready: Option<bool>,
+    op_name: Option<Arc<str>>,
+}
+
+impl Visit for PollOpFields {
+    fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "op_name" {
+            self.op_name = Some(intern_file(value));
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if field.name() == "is_ready" {
+            self.ready = Some(value);
+        }
+    }
+}
+
+// ---- the layer ----
+
+fn parent_span<'a, S>(attrs: &Attributes<'_>, ctx: &'a Context<'_, S>) -> Option<SpanRef<'a, S>>
+where
+    S: Subscriber + for<'l> LookupSpan<'l>,
+{
+    if let Some(p) = attrs.parent() {
+        ctx.span(p)
+    } else if attrs.is_contextual() {
+        ctx.lookup_current()
+    } else {
+        None
+    }
+}
+
+impl TaskscopeLayer {
+    fn new_task<S>(&self, attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'l> LookupSpan<'l>,
+    {
+        let mut f = TaskFields::default();
+        attrs.record(&mut f);
+        let parent = current_task();
+        let cell = Arc::new(TaskCell::new(
+            id.into_u64(),
+            Source::Tracing,
+            TaskIdentity {
+                name: f.name.map(String::into_boxed_str),
+                kind: f.kind.unwrap_or("task"),
+                file: f.file,
+                line: f.line,
+                column: f.col,
+                tokio_id: f.tokio_id.unwrap_or(0),
+                parent_id: parent,
+                future_size: f.size,
+                original_future_size: f.original_size,
+            },
+        ));
+        registry().insert(cell.clone());
+        crate::publish::note_source(crate::publish::SOURCE_TRACING);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanData::Task(cell));
+        }
+    }
+
+    fn new_resource<S>(&self, attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'l> LookupSpan<'l>,
+    {
+        let mut f = ResourceFields::default();
+        attrs.record(&mut f);
+        if f.kind
+            .as_deref()
+            .is_some_and(|k| k.eq_ignore_ascii_case("timer"))
+        {
+            // Timers (`Sleep`) come and go at the rate tasks sleep; a
+            // sleeping task shows as idle. Not tracked as resources.
+            return;
+        }
+        let parent_id = parent_span(attrs, ctx).and_then(|p| {
+            p.scope()
+                .find_map(|s| match s.extensions().get::<SpanData>() {
+                    Some(SpanData::Resource(r)) => Some(r.id),
+                    _ => None,
+                })
+        });
+        let location = f.file.map(|file| (file, f.line, f.col));
+        let cell = Arc::new(ResourceCell {
+            id: id.into_u64(),
+            created_at: clock::now_ns(),
+            kind: f.kind.unwrap_or_else(|| intern_file("Unknown")),
+            concrete_type: f.concrete_type.unwrap_or_else(|| intern_file("Unknown")),
+            location,
+            parent_id,
+            internal: f.internal || parent_id.is_some(),
+            dropped_at: Default::default(),
+            dirty: std::sync::atomic::AtomicBool::new(true),
+            published_done: Default::default(),
+            attributes: Default::default(),
+            holder: Default::default(),
+        });
+        resources().resources.insert(cell.clone());
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanData::Resource(cell));
+        }
+    }
+
+    /// An async op is tracked from its first `Pending` poll: the many that
+    /// complete on their first poll (an uncontended lock, a channel with
+    /// room) cost nothing beyond tokio's own span.
+    fn poll_op<S>(&self, event: &Event<'_>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'l> LookupSpan<'l>,
+    {
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
+        let mut f = PollOpFields::default();
+        event.record(&mut f);
+        let ready = f.ready.unwrap_or(false);
+        let task = current_task();
+        let mut op_span = None;
+        let mut resource = None;
+        for span in scope {
+            if op_span.is_none() {
+                if span.metadata().name() == "runtime.resource.async_op" {
+                    if let Some(SpanData::AsyncOp(op)) = span.extensions().get::<SpanData>() {
+                        op.polled(task, ready);
+                        return;
+                    }
+                    op_span = Some(span);
+                }
+                continue;
+            }
+            if let Some(SpanData::Resource(r)) = span.extensions().get::<SpanData>() {
+                resource = Some(r.id);
+                break;
+            }
+        }
+        let (Some(op_span), Some(resource_id)) = (op_span, resource) else {
+            return;
+        };
+        if ready {
+            return;
+        }
+        let cell = Arc::new(AsyncOpCell {
+            id: op_span.id().into_u64(),
+            created_at: clock::now_ns(),
+            resource_id: Some(resource_id),
+            source: f.op_name.unwrap_or_else(|| intern_file("poll")),
+            task_id: std::sync::atomic::AtomicU64::new(task),
+            polls: Default::default(),
+            ready: Default::default(),
+            pending_since: Default::default(),
+            dropped_at: Default::default(),
+            dirty: std::sync::atomic::AtomicBool::new(true),
+            published_done: Default::default(),
+            attributes: Default::default(),
+        });
+        cell.polled(task, false);
+        resources().async_ops.insert(cell.clone());
+        op_span.extensions_mut().insert(SpanData::AsyncOp(cell));
+    }
+
+    fn new_user_span<S>(&self, attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'l> LookupSpan<'l>,
+    {
+        let Some(parent) = parent_span(attrs, ctx) else {
+            return;
+        };
+        // The nearest enclosing task or user span.
+        let found = parent
+            .scope()
+            .find_map(|s| match s.extensions().get::<SpanData>() {
+                Some(SpanData::Task(t)) => Some((t.clone(), 0)),
+                Some(SpanData::User(t)) => Some((t.clone(), s.id().into_u64())),
+                _ => None,
+            });
+        let Some((task, parent_id)) = found else {
+            return;
+        };
+        let mut f = AllFields::default();
+        attrs.record(&mut f);
+        let mut fields = String::new();
+        for (n, v) in &f.0 {
+            if !fields.is_empty() {
+                fields.push_str(", ");
+            }
+            let _ = write!(fields, "{n}={v}");
+        }
+        let meta = attrs.metadata();
+        task.spans.add(SpanNode {
+            span_id: id.into_u64(),
+            parent: parent_id,
+            name: meta.name(),
+            file: meta.file(),
+            line: meta.line().unwrap_or(0),
+            module_path: meta.module_path(),
+            fields,
+            last_entered: 0,
+        });
+        task.dirty.store(true, Relaxed);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanData::User(task));
+        }
+    }
+
+    fn on_waker_event<S>(&self, event: &Event<'_>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'l> LookupSpan<'l>,
+    {
+        let mut f = WakerFields::default();
+        event.record(&mut f);
+        if f.op == 0 || f.task == 0 {
+            return;
+        }
+        let apply = |cell: &TaskCell, is_current: bool| match f.op {
+            1 => cell.waker_cloned(),
+            2 => cell.waker_dropped(),
+            op => cell.woken(is_current, op == 3),
+        };
+        // Most clones and self-wakes happen inside the task's own poll.
+        if with_current(f.task, |cell| apply(cell, true)).is_some() {
+            return;
+        }
+        let Some(span) = ctx.span(&Id::from_u64(f.task)) else {
+            return;
+        };
+        let ext = span.extensions();
+        let Some(SpanData::Task(cell)) = ext.get::<SpanData>() else {
+            return;
+        };
+        apply(cell, false);
+    }
+
+    fn on_resource_event<S>(&self, kind: Kind, event: &Event<'_>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'l> LookupSpan<'l>,
+    {
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
+        for span in scope {
+            let ext = span.extensions();
+            match (kind, ext.get::<SpanData>()) {
+                (Kind::OpStateUpdate, Some(SpanData::AsyncOp(op))) => {
+                    let mut f = StateFields::new();
+                    event.record(&mut f);
+                    f.each(|n, v, o| op.update(n, v, o));
+                    return;
+                }
+                (Kind::StateUpdate, Some(SpanData::Resource(r))) => {
+                    let mut f = StateFields::new();
+                    event.record(&mut f);
+                    let task = current_task();
+                    f.each(|n, v, o| r.update(n, v, o, task));
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for TaskscopeLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if interesting_callsite(meta) {
+            Interest::always()
+        } else if self.composed {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if !crate::publish::is_running() || ignored() {
+            return;
+        }
+        match classify(attrs.metadata()) {
+            Kind::Task => self.new_task(attrs, id, &ctx),
+            Kind::Resource => self.new_resource(attrs, id, &ctx),
+            Kind::User => self.new_user_span(attrs, id, &ctx),
+            _ => {}
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        match classify(event.metadata()) {
+            Kind::Waker => self.on_waker_event(event, &ctx),
+            Kind::PollOp if !ignored() => self.poll_op(event, &ctx),
+            k @ (Kind::StateUpdate | Kind::OpStateUpdate) if !ignored() => {
+                self.on_resource_event(k, event, &ctx)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let ext = span.extensions();
+        match ext.get::<SpanData>() {
+            Some(SpanData::Task(cell)) => {
+                let (prev_started, _) = cell.poll_started(clock::now_ns());
+                let _ = ENTERED.try_with(|e| e.set((cell.id, prev_started)));
+                push_current(cell);
+            }
+            Some(SpanData::User(task)) => task.spans.entered(id.into_u64()),
+            _ => {}
+        }
+    }
+
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        // The task entered last on this thread needs no span lookup.
+        if let Some(cell) = pop_current(id.into_u64()) {
+            exited(&cell);
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let ext = span.extensions();
+        if let Some(SpanData::Task(cell)) = ext.get::<SpanData>() {
+            exited(cell);
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let ext = span.extensions();
+        let now = clock::now_ns();
+        match ext.get::<SpanData>() {
+            Some(SpanData::Task(cell)) => {
+                let last = LAST_EXIT.try_with(|l| l.get()).ok().flatten();
+                let prev = PREV_EXIT.try_with(|p| p.get()).unwrap_or(0);
+                let mut verdict = state::CANCELLED;
+                if let Some((last_id, rec)) = last {
+                    if last_id == cell.id {
+                        // The enter/exit pair of `Instrumented`'s drop.
+                        cell.unpoll(&rec);
+                        let _ = LAST_EXIT.try_with(|l| l.set(None));
+                        // tokio drops a finished future right after the
+                        // poll that returned `Ready`, in the same call; an
+                        // aborted one later, from another scheduler run.
+                        let gap = rec.started.saturating_sub(rec.prev_ended);
+                        if prev == cell.id && gap < READY_DROP_GAP_NS {
+                            verdict = state::COMPLETED;
+                        }
+                    }
+                }
+                if cell.polls.load(Relaxed) == 0 && verdict == state::CANCELLED {
+                    // Never polled: dropped unstarted (e.g. runtime shutdown).
+                    verdict = state::CANCELLED;
+                }
+                cell.finish(verdict, now);
+            }
+            Some(SpanData::Resource(r)) => {
+                r.dropped_at.store(now, Relaxed);
+                *r.holder.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                r.dirty.store(true, Relaxed);
+            }
+            Some(SpanData::AsyncOp(op)) => {
+                op.dropped_at.store(now, Relaxed);
+                op.pending_since.store(0, Relaxed);
+                op.dirty.store(true, Relaxed);
+            }
+            Some(SpanData::User(task)) => {
+                task.spans.remove(id.into_u64());
+                task.dirty.store(true, Relaxed);
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! tokio tasks seen through tracing, checked over loopback gRPC with the
+//! console-api client the stock `tokio-console` uses and with taskscope.v1.
+
+mod support;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use console_api as capi;
+use support::*;
+use taskscope_wire::model::{EdgeKind, TaskState};
+
+fn server() -> SocketAddr {
+    static GUARD: OnceLock<Mutex<taskscope::Guard>> = OnceLock::new();
+    let g = GUARD.get_or_init(|| {
+        Mutex::new(
+            taskscope::Builder::default()
+                .bind("127.0.0.1:0")
+                .publish_interval(Duration::from_millis(100))
+                .init(),
+        )
+    });
+    g.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .local_addr()
+        .expect("listening on loopback")
+}
+
+/// Wakes itself by reference `n` times, returning `Pending` each time.
+struct SelfWaking(u32);
+
+impl Future for SelfWaking {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 == 0 {
+            return Poll::Ready(());
+        }
+        self.0 -= 1;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[test]
+fn the_stock_console_client_sees_named_tasks_with_their_stats() {
+    let addr = server();
+    let rt = runtime();
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::task::Builder::new()
+            .name("ts-yielder")
+            .spawn(async {
+                for _ in 0..50 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .expect("spawn");
+        tokio::task::Builder::new()
+            .name("ts-selfwaker")
+            .spawn(SelfWaking(20))
+            .expect("spawn");
+        let sleeper = tokio::task::Builder::new()
+            .name("ts-sleeper")
+            .spawn(async move {
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let _ = rx.await;
+            })
+            .expect("spawn");
+
+        let mut client = console_client(addr).await;
+        let mut stream = client
+            .watch_updates(capi::instrument::InstrumentRequest {})
+            .await
+            .expect("watch_updates")
+            .into_inner();
+        let mut view = ConsoleView::default();
+        let ok = console_until(&mut stream, &mut view, Duration::from_secs(10), |v| {
+            v.polls("ts-yielder") >= 51
+                && v.polls("ts-selfwaker") >= 21
+                && v.polls("ts-sleeper") >= 6
+        })
+        .await;
+        assert!(ok, "tasks and polls arrive: {:?}", view.tasks.len());
+        assert_eq!(
+            view.first_had_metadata,
+            Some(true),
+            "first update carries metadata"
+        );
+        assert_eq!(
+            view.orphan_stats, 0,
+            "every task arrives with or before its stats"
+        );
+        assert_eq!(view.dropped_events, Some(0), "no task events dropped");
+
+        let (_, yielder, ystats) = view.task_named("ts-yielder").expect("yielder");
+        let meta = yielder.metadata.expect("task metadata id").id;
+        assert_eq!(
+            view.metadata.get(&meta).map(|m| m.name.as_str()),
+            Some("runtime.spawn")
+        );
+        assert!(
+            matches!(field_value(yielder, "task.id"), Some(capi::field::Value::U64Val(n)) if n > 0),
+            "tokio's task id travels as task.id"
+        );
+        let loc = yielder.location.as_ref().expect("spawn location");
+        assert!(
+            loc.file
+                .as_deref()
+                .unwrap_or("")
+                .ends_with("tracing_tasks.rs"),
+            "{loc:?}"
+        );
+        let ystats = ystats.expect("yielder stats");
+        assert_eq!(
+            ystats.poll_stats.as_ref().map(|p| p.polls),
+            Some(51),
+            "50 yields = 51 polls"
+        );
+        assert!(
+            ystats.wakes >= 50,
+            "yield_now wakes the task: {}",
+            ystats.wakes
+        );
+        assert!(
+            ystats.waker_clones >= 50,
+            "tokio defers yields with a cloned waker"
+        );
+
+        let (_, _, sw) = view.task_named("ts-selfwaker").expect("self waker");
+        let sw = sw.expect("stats");
+        assert_eq!(sw.self_wakes, 20, "wake_by_ref inside poll is a self-wake");
+        assert_eq!(sw.wakes, 20);
+
+        // The sleeper waits on the oneshot: one live clone of its waker.
+        let (sid, _, ss) = view.task_named("ts-sleeper").expect("sleeper");
+        let ss = ss.expect("stats");
+        assert!(ss.wakes >= 5, "woken by each sleep: {}", ss.wakes);
+        assert!(
+            ss.waker_clones > ss.waker_drops,
+            "the oneshot holds a waker clone"
+        );
+        assert!(ss.dropped_at.is_none(), "still running");
+
+        let _ = tx.send(());
+        sleeper.await.expect("sleeper finishes");
+        let done = console_until(&mut stream, &mut view, Duration::from_secs(5), |v| {
+            v.stats.get(&sid).is_some_and(|s| s.dropped_at.is_some())
+        })
+        .await;
+        assert!(done, "completion reaches the console");
+
+        // The details stream of the yielder carries a decodable histogram.
+        let (yid, _, _) = view.task_named("ts-yielder").expect("yielder");
+        let mut details = client
+            .watch_task_details(capi::instrument::TaskDetailsRequest {
+                id: Some(capi::Id { id: yid }),
+            })
+            .await
+            .expect("task details")
+            .into_inner();
+        let d = tokio::time::timeout(Duration::from_secs(5), details.message())
+            .await
+            .expect("details in time")
+            .expect("details stream")
+            .expect("one details message");
+        assert_eq!(d.task_id.map(|i| i.id), Some(yid));
+        let Some(capi::tasks::task_details::PollTimesHistogram::Histogram(h)) =
+            d.poll_times_histogram
+        else {
+            panic!("poll histogram present");
+        };
+        let h =
+            taskscope_wire::console::histogram_from_console(&h).expect("HdrHistogram V2 decodes");
+        assert_eq!(h.count, 51, "one sample per poll");
+        assert!(d.scheduled_times_histogram.is_some());
+    });
+}
+
+#[test]
+fn taskscope_v1_sees_parents_states_and_completion() {
+    let addr = server();
+    let rt = runtime();
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let parent = tokio::task::Builder::new()
+            .name("tv-parent")
+            .spawn(async move {
+                let child = tokio::task::Builder::new()
+                    .name("tv-child")
+                    .spawn(async move {
+                        let _ = rx.await;
+                    })
+                    .expect("spawn child");
+                child.await.expect("child joins");
+            })
+            .expect("spawn parent");
+        let quick = tokio::task::Builder::new()
+            .name("tv-quick")
+            .spawn(async { 7 })
+            .expect("spawn");
+        assert_eq!(quick.await.expect("quick"), 7);
+
+        let mut client = taskscope_client(addr).await;
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            v.task_named("tv-child").is_some()
+                && v.task_named("tv-quick").is_some_and(|t| !t.state.is_live())
+        })
+        .await;
+        let p = v.task_named("tv-parent").expect("parent");
+        let c = v.task_named("tv-child").expect("child");
+        assert_eq!(c.parent_id, Some(p.id), "the child knows who spawned it");
+        assert_eq!(c.state, TaskState::Idle, "the child waits on its oneshot");
+        assert!(c.live_wakers() >= 1);
+        let q = v.task_named("tv-quick").expect("quick");
+        assert_eq!(q.state, TaskState::Completed);
+        assert_eq!(q.polls, 1, "the drop of the finished future is not a poll");
+        assert!(q.completed_at.is_some());
+        assert!(q.tokio_id.is_some());
+        assert!(q.poll_histogram.as_ref().is_some_and(|h| h.count == 1));
+        let process = v.process.as_ref().expect("process info");
+        assert_eq!(process.pid, std::process::id());
+        assert!(process.sources.contains(&"tracing".to_string()));
+        assert!(v.dropped.is_some(), "drop counters travel");
+
+        let _ = tx.send(());
+        parent.await.expect("parent");
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            v.task_named("tv-parent")
+                .is_some_and(|t| t.state == TaskState::Completed)
+        })
+        .await;
+        assert_eq!(
+            v.task_named("tv-parent").map(|t| t.state),
+            Some(TaskState::Completed)
+        );
+
+        // An aborted task is cancelled, not completed.
+        let aborted = tokio::task::Builder::new()
+            .name("tv-aborted")
+            .spawn(std::future::pending::<()>())
+            .expect("spawn");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        aborted.abort();
+        let _ = aborted.await;
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            v.task_named("tv-aborted")
+                .is_some_and(|t| !t.state.is_live())
+        })
+        .await;
+        assert_eq!(
+            v.task_named("tv-aborted").map(|t| t.state),
+            Some(TaskState::Cancelled)
+        );
+    });
+}
+
+#[test]
+fn a_held_tokio_mutex_shows_holder_and_waiter_edges() {
+    let addr = server();
+    let rt = runtime();
+    rt.block_on(async move {
+        let mutex = std::sync::Arc::new(tokio::sync::Mutex::new(0u32));
+        let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let m1 = mutex.clone();
+        let holder = tokio::task::Builder::new()
+            .name("mx-holder")
+            .spawn(async move {
+                let g = m1.lock().await;
+                let _ = locked_tx.send(());
+                let _ = release_rx.await;
+                drop(g);
+            })
+            .expect("spawn");
+        let _ = locked_rx.await;
+        let m2 = mutex.clone();
+        let waiter = tokio::task::Builder::new()
+            .name("mx-waiter")
+            .spawn(async move {
+                *m2.lock().await += 1;
+            })
+            .expect("spawn");
+
+        let mut client = taskscope_client(addr).await;
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            let (Some(h), Some(w)) = (v.task_named("mx-holder"), v.task_named("mx-waiter")) else {
+                return false;
+            };
+            v.edges
+                .iter()
+                .any(|e| e.task_id == h.id && e.kind == EdgeKind::Holds)
+                && v.edges
+                    .iter()
+                    .any(|e| e.task_id == w.id && e.kind == EdgeKind::Waits)
+        })
+        .await;
+        let h = v.task_named("mx-holder").expect("holder");
+        let w = v.task_named("mx-waiter").expect("waiter");
+        let holds = v
+            .edges
+            .iter()
+            .find(|e| e.task_id == h.id && e.kind == EdgeKind::Holds)
+            .expect("holder holds the mutex");
+        let waits = v
+            .edges
+            .iter()
+            .find(|e| e.task_id == w.id && e.kind == EdgeKind::Waits)
+            .expect("waiter waits on the mutex");
+        assert_eq!(holds.resource_id, waits.resource_id, "the same resource");
+        let r = v
+            .resources
+            .get(&holds.resource_id)
+            .expect("the resource is published");
+        assert_eq!(r.concrete_type, "Mutex");
+        assert!(r
+            .location
+            .as_ref()
+            .is_some_and(|l| l.file.ends_with("tracing_tasks.rs")));
+
+        // The console sees the mutex too.
+        let mut console = console_client(addr).await;
+        let mut stream = console
+            .watch_updates(capi::instrument::InstrumentRequest {})
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut cv = ConsoleView::default();
+        let rid = holds.resource_id;
+        assert!(
+            console_until(&mut stream, &mut cv, Duration::from_secs(5), |c| c
+                .resources
+                .contains_key(&rid))
+            .await,
+            "console-api resources include the mutex"
+        );
+
+        let _ = release_tx.send(());
+        holder.await.expect("holder");
+        waiter.await.expect("waiter");
+        assert_eq!(*mutex.lock().await, 1);
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            !v.edges.iter().any(|e| e.resource_id == rid)
+        })
+        .await;
+        assert!(
+            !v.edges.iter().any(|e| e.resource_id == rid),
+            "edges go away with the lock"
+        );
+    });
+}
+
+#[tracing::instrument]
+async fn load_user(id: u32) {
+    fetch_row(id).await
+}
+
+#[tracing::instrument]
+async fn fetch_row(id: u32) {
+    std::future::pending::<()>().await
+}
+
+#[test]
+fn instrumented_async_fns_form_the_task_backtrace() {
+    let addr = server();
+    let rt = runtime();
+    rt.block_on(async move {
+        let task = tokio::task::Builder::new()
+            .name("bt-task")
+            .spawn(load_user(42))
+            .expect("spawn");
+        let mut client = taskscope_client(addr).await;
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            v.task_named("bt-task")
+                .is_some_and(|t| t.backtrace.len() == 2)
+        })
+        .await;
+        let t = v.task_named("bt-task").expect("task");
+        let names: Vec<&str> = t.backtrace.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["load_user", "fetch_row"], "outermost first");
+        let inner = &t.backtrace[1];
+        assert!(
+            inner.detail.contains("id=42"),
+            "span fields: {:?}",
+            inner.detail
+        );
+        let loc = inner.location.as_ref().expect("location");
+        assert!(
+            loc.file.ends_with("tracing_tasks.rs") && loc.line > 0,
+            "{loc:?}"
+        );
+        task.abort();
+        let _ = task.await;
+    });
+}
