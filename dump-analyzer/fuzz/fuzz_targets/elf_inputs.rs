@@ -1,0 +1,35 @@
+//! Feeds arbitrary bytes to every reader of outside data: the core-file
+//! parser (notes, segments), the executable parser (segments, symbols,
+//! build-id, unwind tables) and the DWARF index and type decoder, through
+//! the full analysis with the same file as core and executable. Any panic,
+//! hang or unbounded allocation is a bug: inputs must yield a report or a
+//! `DumpError`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(dir) = std::env::temp_dir().canonicalize() else {
+        return;
+    };
+    let path = dir.join(format!("taskscope-fuzz-{}", std::process::id()));
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    let _ = taskscope_dump::elf::CoreFile::open(&path);
+    if let Ok(exe) = taskscope_dump::elf::Executable::open(&path) {
+        if let Ok(dwarf) = taskscope_dump::dwarf::DebugInfo::load(&path, exe.bytes()) {
+            let index = dwarf.index();
+            for f in index.functions.iter().take(64) {
+                let _ = dwarf.die_name(f.die);
+                let _ = dwarf.template_param(f.die, "T");
+            }
+            for id in index.tokio_types.values().take(64) {
+                let _ = dwarf.ty(*id);
+            }
+        }
+    }
+    let _ = taskscope_dump::analyze_core(&path, Some(&path));
+    let _ = std::fs::remove_file(&path);
+});

@@ -1,0 +1,727 @@
+//! The async state-machine decoder: from a task's future to its logical
+//! backtrace.
+//!
+//! rustc lowers each `async fn`/block to a struct (`…::{async_fn_env#0}`)
+//! whose variant part, keyed by the artificial `__state`, says where it is
+//! parked: 0 Unresumed, 1 Returned, 2 Panicked, 3+ the n-th await point. The
+//! variant's member carries `DW_AT_decl_line` = the line of that `.await`,
+//! and its struct holds `__awaitee`, the child future. The decoder follows
+//! awaitees through boxes (`Pin<Box<dyn Future>>` resolved to the concrete
+//! type from the vtable's `drop_in_place::<T>`), tokio's auto-boxing,
+//! `Instrumented`, `select!`/`join!` (their `futures` tuple), `Timeout`,
+//! `MaybeDone` and `Map`, down to a leaf described in user terms: which
+//! mutex, which channel, which sleep deadline, which joined task.
+
+use crate::dwarf::Type;
+use crate::tokio::{RawTask, SourceLocation, Walker};
+use crate::value::{plausible_pointer, Value};
+
+/// Addresses are written as `"0x…"` strings in JSON.
+mod hex_addr {
+    pub fn opt<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.serialize_str(&format!("{a:#x}")),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn list<S: serde::Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|a| format!("{a:#x}")))
+    }
+    pub fn pairs<S: serde::Serializer>(v: &[(u64, u64)], s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Shared {
+            address: String,
+            strong: u64,
+        }
+        s.collect_seq(v.iter().map(|(a, n)| Shared {
+            address: format!("{a:#x}"),
+            strong: *n,
+        }))
+    }
+}
+
+/// Deepest chain followed (a recursive `async fn` through boxes could go on).
+const MAX_FRAMES: usize = 64;
+
+/// One frame of a logical backtrace.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Frame {
+    /// The async fn (`crate::module::function`), block or combinator.
+    pub function: String,
+    /// `async fn`, `async block`, `box`, `combinator`.
+    pub kind: &'static str,
+    /// `Unresumed`, `Suspend0`, `Returned`, `Panicked`...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The `.await` this frame is parked at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<SourceLocation>,
+    /// Sub-chains of `select!` / `join!` branches.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<Chain>,
+    /// Addresses of `tokio::sync::Mutex`es whose guard is a live local of
+    /// this frame (the frame holds the lock across its await).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "hex_addr::list"
+    )]
+    pub holds: Vec<u64>,
+    /// `Arc`s among this frame's live locals: (address of the shared value,
+    /// strong count). Evidence for "nobody else can reach this resource".
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "hex_addr::pairs"
+    )]
+    pub shared: Vec<(u64, u64)>,
+}
+
+/// A logical backtrace: outermost frame first, then what it waits on.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Chain {
+    pub frames: Vec<Frame>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaf: Option<Leaf>,
+}
+
+/// What the innermost future waits on, in user terms.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Leaf {
+    /// `mutex-lock`, `semaphore-acquire`, `mpsc-send`, `mpsc-recv`,
+    /// `oneshot-recv`, `sleep`, `join-handle`, `notify`, `pending`,
+    /// `not-started`, `future`.
+    pub kind: &'static str,
+    pub description: String,
+    /// Address of the resource (mutex, semaphore, channel), the identity
+    /// shared by every task using it.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hex_addr::opt"
+    )]
+    pub resource: Option<u64>,
+    /// For `join-handle`: header address of the joined task.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hex_addr::opt"
+    )]
+    pub joined_task_header: Option<u64>,
+    /// For `sleep`: deadline on the monotonic clock, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<f64>,
+    pub type_name: String,
+}
+
+pub struct Decoder<'w, 'a> {
+    w: &'w Walker<'a>,
+}
+
+fn short(name: &str) -> String {
+    // Drop allocator noise from generic names.
+    name.replace(", alloc::alloc::Global", "")
+}
+
+/// `true` when the type itself (not a generic argument) is an async state
+/// machine: the last path segment, generics removed, is `{async_*_env#N}`.
+fn is_async_env(name: &str) -> bool {
+    let base = strip_generics(name);
+    let last = base.rsplit("::").next().unwrap_or(base);
+    last.starts_with("{async_fn_env#") || last.starts_with("{async_block_env#")
+}
+
+/// `a::b<c::d<e>>` -> `a::b`.
+fn strip_generics(name: &str) -> &str {
+    let mut depth = 0i32;
+    for (i, c) in name.char_indices() {
+        match c {
+            '<' => {
+                if depth == 0 && !name[..i].ends_with("::") {
+                    return &name[..i];
+                }
+                depth += 1;
+            }
+            '>' => depth -= 1,
+            _ => {}
+        }
+    }
+    name
+}
+
+/// A function path without `{impl#N}` segments (readable, and stable
+/// across tokio versions for matching).
+fn plain_path(name: &str) -> String {
+    strip_generics(name)
+        .split("::")
+        .filter(|seg| !seg.starts_with("{impl#"))
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+fn state_name(member: &str, ty_name: &str) -> String {
+    if !ty_name.is_empty()
+        && ty_name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase())
+    {
+        return ty_name.to_string();
+    }
+    match member.parse::<u64>() {
+        Ok(0) => "Unresumed".into(),
+        Ok(1) => "Returned".into(),
+        Ok(2) => "Panicked".into(),
+        Ok(n) => format!("Suspend{}", n - 3),
+        Err(_) => member.to_string(),
+    }
+}
+
+impl<'w, 'a> Decoder<'w, 'a> {
+    pub fn new(w: &'w Walker<'a>) -> Self {
+        Decoder { w }
+    }
+
+    pub fn reader(&self) -> &crate::value::Reader<'a> {
+        &self.w.r
+    }
+
+    /// The first async state machine reachable from `v` through pointers
+    /// and wrappers (`Pin<&mut F>`, `&mut F`...).
+    pub fn find_async(&self, v: &Value) -> Option<Value> {
+        if is_async_env(&self.name(&v.ty)) {
+            return Some(v.clone());
+        }
+        self.w
+            .r
+            .search(v, 6, true, &|t: &Type| is_async_env(&self.name(t)))
+            .into_iter()
+            .next()
+    }
+
+    fn name(&self, ty: &Type) -> String {
+        self.w.r.dwarf.qualified_name(ty)
+    }
+
+    /// Decodes a task's future into a chain.
+    pub fn task_report(&self, t: &RawTask) -> crate::report::TaskReport {
+        let chain = match &t.future {
+            Some(f) => self.chain(f),
+            None => Chain::default(),
+        };
+        crate::report::TaskReport::new(t, chain)
+    }
+
+    /// The logical backtrace of a future value.
+    pub fn chain(&self, v: &Value) -> Chain {
+        let mut chain = Chain::default();
+        chain.leaf = self.walk(v.clone(), &mut chain.frames, 0);
+        chain
+    }
+
+    fn walk(&self, v: Value, frames: &mut Vec<Frame>, depth: usize) -> Option<Leaf> {
+        if frames.len() >= MAX_FRAMES || depth > 3 * MAX_FRAMES {
+            return Some(Leaf {
+                kind: "future",
+                description: format!("chain truncated after {MAX_FRAMES} frames"),
+                resource: None,
+                joined_task_header: None,
+                deadline_secs: None,
+                type_name: String::new(),
+            });
+        }
+        let r = &self.w.r;
+        let name = self.name(&v.ty);
+        if is_async_env(&name) {
+            return self.async_frame(v, &name, frames, depth);
+        }
+        if let Some(leaf) = self.leaf(&v, &name) {
+            return Some(leaf);
+        }
+        // A pointer (Box<T> of a sized future, &mut F).
+        if v.ty.is_pointer() {
+            let target = r.deref(&v)?;
+            return self.walk(target, frames, depth + 1);
+        }
+        // Pin<P>: look through.
+        if name.starts_with("core::pin::Pin<") {
+            if let Some(p) = r.field(&v, "__pointer").or_else(|| r.field(&v, "pointer")) {
+                return self.walk(p, frames, depth + 1);
+            }
+        }
+        // Box<dyn Future>: a (data, vtable) pair.
+        if let (Some(data), Some(vtable)) = (r.field(&v, "pointer"), r.field(&v, "vtable")) {
+            let data_ptr = r.read_word(data.addr).ok()?;
+            let vt = r.read_word(vtable.addr).ok()?;
+            let concrete = self.concrete_type(vt);
+            frames.push(Frame {
+                function: short(&name),
+                kind: "box",
+                state: None,
+                location: None,
+                branches: Vec::new(),
+                holds: Vec::new(),
+                shared: Vec::new(),
+            });
+            let Some(ty) = concrete else {
+                return Some(self.other(
+                    &name,
+                    "boxed future of unknown concrete type (no debug info for its vtable)",
+                ));
+            };
+            let inner = r.value(data_ptr, ty)?;
+            return self.walk(inner, frames, depth + 1);
+        }
+        // Enum wrappers (MaybeDone, Map's state...): follow the live variant.
+        if let Some((m, inner)) = r.variant(&v) {
+            let inner = r
+                .field(&inner, "__0")
+                .or_else(|| r.field(&inner, "future"))
+                .unwrap_or(inner);
+            if m.name == "Done" || m.name == "Gone" || m.name == "Complete" {
+                return Some(self.other(
+                    &name,
+                    &format!("{} (already {})", short(&name), m.name.to_lowercase()),
+                ));
+            }
+            frames.push(Frame {
+                function: short(&name),
+                kind: "combinator",
+                state: Some(m.name.clone()),
+                location: None,
+                branches: Vec::new(),
+                holds: Vec::new(),
+                shared: Vec::new(),
+            });
+            return self.walk(inner, frames, depth + 1);
+        }
+        // Structs wrapping one future: Instrumented, Timeout, Map, PollFn...
+        for field in ["inner", "future", "fut", "value", "__awaitee", "f", "__0"] {
+            if let Some(inner) = r.field(&v, field) {
+                if inner.ty.size == 0 {
+                    continue;
+                }
+                // Storage wrappers (ManuallyDrop, MaybeDangling...) are not
+                // frames a user wrote: look through them silently.
+                if name.starts_with("core::mem::") {
+                    return self.walk(inner, frames, depth + 1);
+                }
+                let mut frame = Frame {
+                    function: short(&name),
+                    kind: "combinator",
+                    state: None,
+                    location: None,
+                    branches: Vec::new(),
+                    holds: Vec::new(),
+                    shared: Vec::new(),
+                };
+                if name.starts_with("tokio::time::timeout::Timeout") {
+                    if let Some(delay) = r.field(&v, "delay") {
+                        if let Some(secs) = self.deadline(&delay) {
+                            frame.state = Some(format!("deadline {secs:.3}s (monotonic)"));
+                        }
+                    }
+                }
+                frames.push(frame);
+                return self.walk(inner, frames, depth + 1);
+            }
+        }
+        Some(self.other(&name, &short(&name)))
+    }
+
+    fn other(&self, name: &str, description: &str) -> Leaf {
+        Leaf {
+            kind: "future",
+            description: description.to_string(),
+            resource: None,
+            joined_task_header: None,
+            deadline_secs: None,
+            type_name: short(name),
+        }
+    }
+
+    fn async_frame(
+        &self,
+        v: Value,
+        name: &str,
+        frames: &mut Vec<Frame>,
+        depth: usize,
+    ) -> Option<Leaf> {
+        let r = &self.w.r;
+        let kind = if strip_generics(name).contains("{async_block_env#") {
+            "async block"
+        } else {
+            "async fn"
+        };
+        let function = {
+            let base = strip_generics(name);
+            let base = base
+                .rsplit_once("::{async_fn_env#")
+                .map(|(f, _)| f)
+                .unwrap_or(base);
+            plain_path(base)
+        };
+        let Some((m, state)) = r.variant(&v) else {
+            frames.push(Frame {
+                function,
+                kind,
+                state: Some("unknown".into()),
+                location: None,
+                branches: Vec::new(),
+                holds: Vec::new(),
+                shared: Vec::new(),
+            });
+            return None;
+        };
+        let sname = state_name(&m.name, &state.ty.name);
+        let location = if sname.starts_with("Suspend") {
+            m.decl_line.map(|line| SourceLocation {
+                file: m.decl_file.clone().unwrap_or_default(),
+                line,
+                column: None,
+            })
+        } else {
+            None
+        };
+        let mut frame = Frame {
+            function: function.clone(),
+            kind,
+            state: Some(sname.clone()),
+            location,
+            branches: Vec::new(),
+            holds: self.held_guards(&state),
+            shared: self.arc_locals(&state),
+        };
+        // select! / join!: the branch futures live in a local `futures`.
+        if let Some(futs) = r.field(&state, "futures") {
+            let futs = r.deref(&futs).unwrap_or(futs.clone());
+            let futs = if futs.ty.members().is_empty() {
+                r.deref(&futs).unwrap_or(futs)
+            } else {
+                futs
+            };
+            for m in futs.ty.members().iter().take(64) {
+                if let Some(branch) = m.ty.and_then(|t| r.value(futs.addr + m.offset, t)) {
+                    frame.branches.push(self.chain_at(branch, depth + 1));
+                }
+            }
+        }
+        let special = self.library_leaf(&function, &state);
+        frames.push(frame);
+        if let Some(leaf) = special {
+            return Some(leaf);
+        }
+        match sname.as_str() {
+            "Unresumed" => Some(Leaf {
+                kind: "not-started",
+                description: "not polled yet".into(),
+                resource: None,
+                joined_task_header: None,
+                deadline_secs: None,
+                type_name: short(name),
+            }),
+            "Returned" | "Panicked" => None,
+            _ if frames.last().is_some_and(|f| !f.branches.is_empty()) => {
+                // select!/join!: the awaitee is the macro's poll_fn closure;
+                // the branches above already say what each future waits on.
+                None
+            }
+            _ => {
+                let awaitee = r.field(&state, "__awaitee")?;
+                self.walk(awaitee, frames, depth + 1)
+            }
+        }
+    }
+
+    /// Mutex guards among the locals saved across this await.
+    fn held_guards(&self, state: &Value) -> Vec<u64> {
+        let r = &self.w.r;
+        let mut out = Vec::new();
+        for m in state.ty.members() {
+            if m.name == "__awaitee" {
+                continue;
+            }
+            let Some(v) = m.ty.and_then(|t| r.value(state.addr + m.offset, t)) else {
+                continue;
+            };
+            let name = self.name(&v.ty);
+            if name.starts_with("tokio::sync::mutex::MutexGuard<")
+                || name.starts_with("tokio::sync::mutex::OwnedMutexGuard<")
+            {
+                if let Some(lock) = r.find(&v, "lock", 1).and_then(|l| r.scalar(&l)) {
+                    // OwnedMutexGuard holds an Arc: the mutex is inside ArcInner.
+                    out.push(lock);
+                }
+            }
+        }
+        out
+    }
+
+    /// `Arc<T>` locals saved across this await: (data address, strong count).
+    fn arc_locals(&self, state: &Value) -> Vec<(u64, u64)> {
+        let r = &self.w.r;
+        let mut out = Vec::new();
+        for m in state.ty.members() {
+            if m.name == "__awaitee" {
+                continue;
+            }
+            let Some(v) = m.ty.and_then(|t| r.value(state.addr + m.offset, t)) else {
+                continue;
+            };
+            if !self.name(&v.ty).starts_with("alloc::sync::Arc<") {
+                continue;
+            }
+            let Some(inner) = r.deref(&v) else { continue };
+            let strong = r.find(&inner, "strong", 1).and_then(|s| r.scalar(&s));
+            let data = r.field(&inner, "data").map(|d| d.addr);
+            if let (Some(strong), Some(data)) = (strong, data) {
+                if !out.contains(&(data, strong)) {
+                    out.push((data, strong));
+                }
+            }
+        }
+        out
+    }
+
+    fn chain_at(&self, v: Value, depth: usize) -> Chain {
+        let mut chain = Chain::default();
+        chain.leaf = self.walk(v, &mut chain.frames, depth);
+        chain
+    }
+
+    /// tokio's own async fns that are better described by what they wait on.
+    fn library_leaf(&self, function: &str, state: &Value) -> Option<Leaf> {
+        let r = &self.w.r;
+        let self_ptr = || {
+            r.field(state, "self")
+                .and_then(|s| r.read_word(s.addr).ok())
+        };
+        let leaf = |kind, description: String, resource| Leaf {
+            kind,
+            description,
+            resource,
+            joined_task_header: None,
+            deadline_secs: None,
+            type_name: function.to_string(),
+        };
+        let function = plain_path(function);
+        let function = function.as_str();
+        if function == "tokio::sync::mutex::lock" {
+            let m = self_ptr();
+            return Some(leaf(
+                "mutex-lock",
+                format!(
+                    "waiting to lock tokio::sync::Mutex at {:#x}",
+                    m.unwrap_or(0)
+                ),
+                m,
+            ));
+        }
+        if function == "tokio::sync::rwlock::read" || function == "tokio::sync::rwlock::write" {
+            let m = self_ptr();
+            return Some(leaf(
+                "rwlock",
+                format!("waiting for {function} at {:#x}", m.unwrap_or(0)),
+                m,
+            ));
+        }
+        if function.starts_with("tokio::sync::semaphore::acquire") {
+            let m = self_ptr();
+            return Some(leaf(
+                "semaphore-acquire",
+                format!(
+                    "waiting for a permit of tokio::sync::Semaphore at {:#x}",
+                    m.unwrap_or(0)
+                ),
+                m,
+            ));
+        }
+        if function == "tokio::sync::mpsc::bounded::send" {
+            let chan = self_ptr().and_then(|p| self.chan_of_sender(p));
+            return Some(leaf(
+                "mpsc-send",
+                format!(
+                    "sending on a full bounded channel (channel {:#x})",
+                    chan.unwrap_or(0)
+                ),
+                chan,
+            ));
+        }
+        if function == "tokio::sync::mpsc::bounded::recv"
+            || function == "tokio::sync::mpsc::unbounded::recv"
+        {
+            let chan = self_ptr().and_then(|p| self.chan_of_sender(p));
+            return Some(leaf(
+                "mpsc-recv",
+                format!(
+                    "waiting to receive on an mpsc channel (channel {:#x}): no message sent yet",
+                    chan.unwrap_or(0)
+                ),
+                chan,
+            ));
+        }
+        if function == "tokio::sync::barrier::wait" {
+            let b = self_ptr();
+            return Some(leaf(
+                "barrier",
+                format!("waiting at tokio::sync::Barrier {:#x}", b.unwrap_or(0)),
+                b,
+            ));
+        }
+        None
+    }
+
+    /// `Sender`/`Receiver` hold `chan: chan::Tx/Rx { inner: Arc<Chan> }`: the
+    /// channel's identity is the `Arc`'s allocation.
+    fn chan_of_sender(&self, sender: u64) -> Option<u64> {
+        // Both Sender and Receiver start with `chan`, whose first word is the Arc pointer.
+        let p = self.w.r.read_word(sender).ok()?;
+        plausible_pointer(p).then_some(p)
+    }
+
+    fn deadline(&self, sleep: &Value) -> Option<f64> {
+        let r = &self.w.r;
+        // `Sleep.deadline` (1.4x+) or `Sleep.entry.deadline` (older).
+        let deadline = r.find(sleep, "deadline", 3)?;
+        let tv_sec = r.find(&deadline, "tv_sec", 4).and_then(|v| r.scalar(&v))?;
+        let tv_nsec = r
+            .find(&deadline, "tv_nsec", 5)
+            .and_then(|v| r.scalar(&v))
+            .unwrap_or(0);
+        Some(tv_sec as f64 + tv_nsec as f64 / 1e9)
+    }
+
+    /// Leaf futures recognised by type.
+    fn leaf(&self, v: &Value, name: &str) -> Option<Leaf> {
+        let r = &self.w.r;
+        let mk = |kind, description: String| Leaf {
+            kind,
+            description,
+            resource: None,
+            joined_task_header: None,
+            deadline_secs: None,
+            type_name: short(name),
+        };
+        if name.starts_with("tokio::sync::oneshot::Receiver<") {
+            let inner = r
+                .find(v, "inner", 1)
+                .and_then(|i| r.scalar(&i))
+                .filter(|p| *p != 0);
+            let mut l = mk(
+                "oneshot-recv",
+                format!(
+                    "waiting on a oneshot channel (channel {:#x}): the sender has not sent",
+                    inner.unwrap_or(0)
+                ),
+            );
+            l.resource = inner;
+            return Some(l);
+        }
+        if name == "tokio::time::sleep::Sleep" {
+            let secs = self.deadline(v);
+            let mut l = mk(
+                "sleep",
+                match secs {
+                    Some(s) => format!("sleeping until {s:.3}s on the monotonic clock"),
+                    None => "sleeping".to_string(),
+                },
+            );
+            l.deadline_secs = secs;
+            return Some(l);
+        }
+        if name.starts_with("tokio::runtime::task::join::JoinHandle<") {
+            let header = r.find(v, "ptr", 3).and_then(|p| r.scalar(&p));
+            let mut l = mk(
+                "join-handle",
+                "waiting for another task to finish (JoinHandle)".into(),
+            );
+            l.joined_task_header = header;
+            l.resource = header;
+            return Some(l);
+        }
+        if name.starts_with("tokio::sync::batch_semaphore::Acquire") {
+            let sem = r.find(v, "semaphore", 2).and_then(|p| r.scalar(&p));
+            let mut l = mk(
+                "semaphore-acquire",
+                format!(
+                    "waiting for a semaphore permit (semaphore {:#x})",
+                    sem.unwrap_or(0)
+                ),
+            );
+            l.resource = sem;
+            return Some(l);
+        }
+        if name.starts_with("tokio::sync::notify::Notified") {
+            let n = r.find(v, "notify", 1).and_then(|p| r.scalar(&p));
+            let mut l = mk(
+                "notify",
+                format!("waiting for tokio::sync::Notify {:#x}", n.unwrap_or(0)),
+            );
+            l.resource = n;
+            return Some(l);
+        }
+        if name.starts_with("core::future::pending::Pending<") {
+            return Some(mk(
+                "pending",
+                "std::future::pending(): never completes".into(),
+            ));
+        }
+        None
+    }
+
+    /// The concrete type behind a `dyn Future` vtable: `drop_in_place::<T>`
+    /// (slot 0) names it; when the type needs no drop, the poll fn (slot 3)
+    /// takes `Pin<&mut T>`.
+    fn concrete_type(&self, vtable: u64) -> Option<crate::dwarf::DieId> {
+        let r = &self.w.r;
+        let d = r.dwarf;
+        let drop_fn = r.read_word(vtable).ok()?;
+        if drop_fn != 0 {
+            if let Some(die) = d.function_starting_at(drop_fn.wrapping_sub(self.w.bias)) {
+                if let Some(t) = d.template_param(die, "T") {
+                    return Some(t);
+                }
+            }
+        }
+        let poll_fn = r.read_word(vtable + 24).ok()?;
+        let die = d.function_starting_at(poll_fn.wrapping_sub(self.w.bias))?;
+        let (_, self_ty) = d.parameters(die).into_iter().find(|(n, _)| n == "self")?;
+        // Pin<&mut T> -> &mut T -> T
+        let pin = d.ty(self_ty?).ok()?;
+        let ptr = pin.member("__pointer")?.ty?;
+        d.ty(ptr).ok()?.pointee()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn async_env_is_recognised_by_its_own_name_not_its_generics() {
+        assert!(is_async_env("app::handler::{async_fn_env#0}"));
+        assert!(is_async_env("app::main::{async_block_env#1}"));
+        assert!(is_async_env(
+            "tokio::task::local::{impl#4}::run_until::{async_fn_env#0}<app::main::{async_block_env#0}>"
+        ));
+        // A combinator whose generic argument is an async fn is not one.
+        assert!(!is_async_env(
+            "tokio::future::maybe_done::MaybeDone<app::sleeper::{async_fn_env#0}>"
+        ));
+        assert!(!is_async_env("tokio::time::sleep::Sleep"));
+    }
+
+    #[test]
+    fn function_paths_drop_impl_blocks_and_generics() {
+        assert_eq!(
+            plain_path("tokio::sync::mutex::{impl#10}::lock::{async_fn_env#0}<u32>"),
+            "tokio::sync::mutex::lock::{async_fn_env#0}"
+        );
+        assert_eq!(strip_generics("a::B<c::D<e>>"), "a::B");
+    }
+
+    #[test]
+    fn generator_states_are_named_like_rustc() {
+        assert_eq!(state_name("0", ""), "Unresumed");
+        assert_eq!(state_name("1", ""), "Returned");
+        assert_eq!(state_name("2", ""), "Panicked");
+        assert_eq!(state_name("5", ""), "Suspend2");
+        assert_eq!(state_name("3", "Suspend0"), "Suspend0");
+    }
+}

@@ -1,0 +1,738 @@
+//! The report: what a dump contains, in a serialisable form (the JSON
+//! schema, `schema = "taskscope-dump/1"`; every field but `schema` may be
+//! absent or empty), plus the text renderer and post-mortem hazards.
+//!
+//! JSON schema (version 1), top level:
+//! - `schema`: `"taskscope-dump/1"`
+//! - `source`: `{kind: "core"|"process", path?, pid?, command?, executable, build_id?, build_id_checked}`
+//! - `warnings`: `[string]` — what could not be read and why
+//! - `runtimes`: `[{id, flavor: "multi-thread"|"current-thread", workers?, task_count?, threads: [tid]}]`
+//! - `threads`: `[{tid, pc, function?, role?, registers, frames: [{pc, function?, location?, module?, noise}]}]`
+//! - `tasks`: `[{header, runtime, id?, lifecycle, state: {raw, running, complete, notified,
+//!   join_interest, join_waker, cancelled, ref_count}, stage?, future_type?, spawned_at?: {file, line, column?},
+//!   chain: {frames: [{function, kind, state?, location?: {file, line}, branches?: [chain],
+//!   holds?: ["0x…"], shared?: [{address, strong}]}], leaf?: {kind, description, resource?: "0x…",
+//!   joined_task_header?: "0x…", deadline_secs?, type_name}}, joined_task_id?}]`
+//! - `block_on`: `[{thread, future_type, chain}]` — futures driven by `block_on`
+//! - `partial`: `true` when `warnings` says something could not be read
+//! - `hazards`: `[{kind, tasks: [id], resource?, message, evidence: [string]}]`
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+
+use crate::elf::{Executable, Registers, ThreadRecord};
+use crate::future::{Chain, Frame};
+use crate::tokio::{RawTask, RuntimeInfo, SourceLocation, TaskState};
+
+pub const SCHEMA: &str = "taskscope-dump/1";
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Source {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub executable: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    pub build_id_checked: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuntimeReport {
+    pub id: String,
+    pub flavor: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_count: Option<u64>,
+    pub threads: Vec<u32>,
+}
+
+impl From<&RuntimeInfo> for RuntimeReport {
+    fn from(rt: &RuntimeInfo) -> Self {
+        RuntimeReport {
+            id: format!("{:#x}", rt.handle),
+            flavor: rt.flavor.as_str(),
+            workers: rt.workers,
+            task_count: rt.task_count,
+            threads: rt.threads.clone(),
+        }
+    }
+}
+
+/// One frame of an OS thread's stack.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StackFrame {
+    pub pc: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<SourceLocation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Executor, runtime or libc plumbing (folded in the text report).
+    pub noise: bool,
+}
+
+pub fn is_noise_frame(function: &str, module: &str) -> bool {
+    crate::unwind::is_noise(function, module)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ThreadReport {
+    pub tid: u32,
+    pub pc: String,
+    /// Innermost symbolized function.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    pub registers: Registers,
+    /// Innermost first; unwound with `.eh_frame`.
+    pub frames: Vec<StackFrame>,
+    /// What the thread does for the runtime: `worker`, `blocking-pool`,
+    /// `block_on`, when recognisable from its stack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl ThreadReport {
+    /// Recognises tokio's thread roles from the symbolized stack; for the
+    /// blocking pool, names the user closure being run.
+    pub fn classify(&mut self) {
+        let has = |needle: &str| {
+            self.frames
+                .iter()
+                .any(|f| f.function.as_deref().is_some_and(|n| n.contains(needle)))
+        };
+        let user = self
+            .frames
+            .iter()
+            .find(|f| !f.noise && f.function.is_some())
+            .and_then(|f| f.function.clone());
+        // Workers run inside the blocking pool's threads: check them first.
+        self.role = if has("multi_thread::worker::run") {
+            Some("tokio worker thread".to_string())
+        } else if has("tokio::runtime::blocking::pool::Inner::run") {
+            Some(match user {
+                Some(u) => format!("blocking-pool thread running {u}"),
+                None => "blocking-pool thread (idle)".to_string(),
+            })
+        } else if has("block_on") {
+            Some("block_on".to_string())
+        } else {
+            None
+        };
+    }
+}
+
+impl ThreadReport {
+    pub fn basic(t: &ThreadRecord, exe: &Executable, bias: u64) -> Self {
+        let function = exe
+            .symbol_for(t.registers.rip.wrapping_sub(bias))
+            .map(|s| s.name.clone());
+        ThreadReport {
+            tid: t.tid,
+            pc: format!("{:#x}", t.registers.rip),
+            function,
+            registers: t.registers,
+            frames: Vec::new(),
+            role: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskReport {
+    pub header: String,
+    pub runtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    pub lifecycle: &'static str,
+    pub state: TaskState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub future_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spawned_at: Option<SourceLocation>,
+    pub chain: Chain,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joined_task_id: Option<u64>,
+}
+
+impl TaskReport {
+    pub fn new(t: &RawTask, chain: Chain) -> Self {
+        TaskReport {
+            header: format!("{:#x}", t.header),
+            runtime: format!("{:#x}", t.runtime),
+            id: t.id,
+            lifecycle: t.state.lifecycle(),
+            state: t.state,
+            stage: t.stage.clone(),
+            future_type: t.future_type.clone(),
+            spawned_at: t.spawned_at.clone(),
+            chain,
+            joined_task_id: None,
+        }
+    }
+
+    /// Mutexes held by a live guard anywhere in this task's chain.
+    pub fn held_mutexes(&self) -> Vec<u64> {
+        fn collect(frames: &[Frame], out: &mut Vec<u64>) {
+            for f in frames {
+                out.extend(&f.holds);
+                for b in &f.branches {
+                    collect(&b.frames, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        collect(&self.chain.frames, &mut out);
+        out
+    }
+
+    /// The innermost `.await` in the user's code (not in a dependency or
+    /// the standard library), else the innermost one.
+    pub fn await_point(&self) -> Option<&SourceLocation> {
+        let user = |l: &&SourceLocation| {
+            !l.file.contains("/.cargo/registry/") && !l.file.contains("/rustc/")
+        };
+        let locs = || {
+            self.chain
+                .frames
+                .iter()
+                .rev()
+                .filter_map(|f| f.location.as_ref())
+        };
+        locs().find(user).or_else(|| locs().next())
+    }
+
+    fn label(&self) -> String {
+        match self.id {
+            Some(id) => format!("task {id}"),
+            None => format!("task @{}", self.header),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HazardReport {
+    /// Stable id from the hazard catalogue (`deadlock-cycle`, ...).
+    pub kind: &'static str,
+    pub tasks: Vec<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    pub message: String,
+    pub evidence: Vec<String>,
+}
+
+/// A future driven by `block_on` on some thread (not a runtime task).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlockOnReport {
+    pub thread: u32,
+    pub future_type: String,
+    pub chain: Chain,
+}
+
+/// Everything found in one dump.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub source: Source,
+    /// `true` when something could not be read (no debug info, truncated
+    /// core, corrupt lists): see `warnings`. The CLI then exits with 2.
+    pub partial: bool,
+    pub warnings: Vec<String>,
+    pub runtimes: Vec<RuntimeReport>,
+    pub threads: Vec<ThreadReport>,
+    pub tasks: Vec<TaskReport>,
+    /// Futures driven by `block_on`, found on thread stacks.
+    pub block_on: Vec<BlockOnReport>,
+    pub hazards: Vec<HazardReport>,
+}
+
+impl Report {
+    pub fn new(source: Source) -> Self {
+        Report {
+            schema: SCHEMA,
+            source,
+            partial: false,
+            warnings: Vec::new(),
+            runtimes: Vec::new(),
+            threads: Vec::new(),
+            tasks: Vec::new(),
+            block_on: Vec::new(),
+            hazards: Vec::new(),
+        }
+    }
+
+    /// Resolves cross-task references and derives hazards.
+    pub fn finish(&mut self) {
+        let by_header: HashMap<String, u64> = self
+            .tasks
+            .iter()
+            .filter_map(|t| Some((t.header.clone(), t.id?)))
+            .collect();
+        for t in &mut self.tasks {
+            if let Some(h) = t.chain.leaf.as_ref().and_then(|l| l.joined_task_header) {
+                t.joined_task_id = by_header.get(&format!("{h:#x}")).copied();
+            }
+        }
+        self.hazards = hazards(&self.tasks);
+        self.partial = !self.warnings.is_empty();
+    }
+
+    pub fn write_json<W: Write>(&self, out: W) -> io::Result<()> {
+        serde_json::to_writer_pretty(out, self).map_err(io::Error::other)
+    }
+
+    /// Human-readable report. `coalesce` groups tasks whose chains are
+    /// identical (same frames, await lines and leaf kind).
+    pub fn write_text<W: Write>(&self, out: W, coalesce: bool) -> io::Result<()> {
+        self.write_text_with(
+            out,
+            TextOptions {
+                coalesce,
+                full_stacks: false,
+            },
+        )
+    }
+
+    /// Text report with all options.
+    pub fn write_text_with<W: Write>(&self, mut out: W, options: TextOptions) -> io::Result<()> {
+        let coalesce = options.coalesce;
+        let s = &self.source;
+        match (&s.path, s.pid) {
+            (Some(p), Some(pid)) => writeln!(out, "core {p} (pid {pid})")?,
+            (Some(p), None) => writeln!(out, "core {p}")?,
+            (None, Some(pid)) => writeln!(out, "live process {pid}")?,
+            (None, None) => {}
+        }
+        if let Some(c) = &s.command {
+            writeln!(out, "command: {c}")?;
+        }
+        let id = match (&s.build_id, s.build_id_checked) {
+            (Some(b), true) => format!(" (build-id {b}, matches the core)"),
+            (Some(b), false) => format!(" (build-id {b})"),
+            _ => String::new(),
+        };
+        writeln!(out, "executable: {}{id}", s.executable)?;
+        for w in &self.warnings {
+            writeln!(out, "warning: {w}")?;
+        }
+        writeln!(out)?;
+        writeln!(out, "Runtimes ({})", self.runtimes.len())?;
+        for rt in &self.runtimes {
+            let workers = rt
+                .workers
+                .map(|w| format!(", {w} worker threads"))
+                .unwrap_or_default();
+            let count = rt
+                .task_count
+                .map(|c| format!(", {c} tasks"))
+                .unwrap_or_default();
+            let threads: Vec<String> = rt.threads.iter().map(u32::to_string).collect();
+            writeln!(
+                out,
+                "  runtime {} {}{workers}{count} (seen from threads {})",
+                rt.id,
+                rt.flavor,
+                threads.join(", ")
+            )?;
+        }
+        writeln!(out)?;
+        writeln!(out, "Threads ({})", self.threads.len())?;
+        for t in &self.threads {
+            let rt = self
+                .runtimes
+                .iter()
+                .find(|r| r.threads.contains(&t.tid))
+                .map(|r| format!("  (runtime {})", r.id))
+                .unwrap_or_default();
+            let role = t
+                .role
+                .as_deref()
+                .map(|r| format!("  {r}"))
+                .unwrap_or_default();
+            writeln!(out, "  thread {}{rt}{role}", t.tid)?;
+            write_stack(&mut out, &t.frames, options.full_stacks)?;
+        }
+        writeln!(out)?;
+        writeln!(out, "Tasks ({})", self.tasks.len())?;
+        if coalesce {
+            let mut groups: BTreeMap<String, Vec<&TaskReport>> = BTreeMap::new();
+            for t in &self.tasks {
+                groups.entry(chain_key(t)).or_default().push(t);
+            }
+            let mut groups: Vec<_> = groups.into_values().collect();
+            groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+            for g in groups {
+                let ids: Vec<String> = g.iter().take(8).map(|t| t.label()).collect();
+                let more = if g.len() > 8 {
+                    format!(", … {} more", g.len() - 8)
+                } else {
+                    String::new()
+                };
+                writeln!(out, "  {} task(s): {}{more}", g.len(), ids.join(", "))?;
+                write_task_body(&mut out, g[0], "    ")?;
+            }
+        } else {
+            for t in &self.tasks {
+                let flags = state_flags(&t.state);
+                writeln!(
+                    out,
+                    "  {}  {}{}  {}",
+                    t.label(),
+                    t.lifecycle,
+                    flags,
+                    t.future_type.as_deref().unwrap_or("<unknown future type>")
+                )?;
+                write_task_body(&mut out, t, "    ")?;
+            }
+        }
+        if !self.block_on.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "Block-on futures ({})", self.block_on.len())?;
+            for b in &self.block_on {
+                writeln!(out, "  thread {}  block_on({})", b.thread, b.future_type)?;
+                write_chain(&mut out, &b.chain, "    ")?;
+            }
+        }
+        writeln!(out)?;
+        writeln!(out, "Hazards ({})", self.hazards.len())?;
+        for h in &self.hazards {
+            writeln!(out, "  {}: {}", h.kind, h.message)?;
+            for e in &h.evidence {
+                writeln!(out, "    - {e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of the text renderer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextOptions {
+    /// Group tasks with identical chains.
+    pub coalesce: bool,
+    /// Print every thread frame instead of folding runtime plumbing.
+    pub full_stacks: bool,
+}
+
+fn write_stack<W: Write>(out: &mut W, frames: &[StackFrame], full: bool) -> io::Result<()> {
+    let mut folded = 0usize;
+    let flush = |out: &mut W, folded: &mut usize| -> io::Result<()> {
+        if *folded > 0 {
+            writeln!(out, "      … {} runtime/library frame(s)", *folded)?;
+            *folded = 0;
+        }
+        Ok(())
+    };
+    for f in frames {
+        if f.noise && !full {
+            folded += 1;
+            continue;
+        }
+        flush(out, &mut folded)?;
+        let name = f.function.as_deref().unwrap_or("??");
+        let at = match (&f.location, &f.module) {
+            (Some(l), _) => format!("  at {l}"),
+            (None, Some(m)) => format!("  in {}", m.rsplit('/').next().unwrap_or(m)),
+            _ => String::new(),
+        };
+        writeln!(out, "      {} {name}{at}", f.pc)?;
+    }
+    flush(out, &mut folded)?;
+    if frames.is_empty() {
+        writeln!(out, "      (stack not available)")?;
+    }
+    Ok(())
+}
+
+fn state_flags(s: &TaskState) -> String {
+    let mut f = format!(" refs={}", s.ref_count);
+    if s.join_interest {
+        f.push_str(" join-interest");
+    }
+    if s.join_waker {
+        f.push_str(" join-waker");
+    }
+    if s.cancelled {
+        f.push_str(" cancelled");
+    }
+    f
+}
+
+fn chain_key(t: &TaskReport) -> String {
+    let mut k = String::new();
+    fn frames(fs: &[Frame], k: &mut String) {
+        for f in fs {
+            k.push_str(&f.function);
+            if let Some(l) = &f.location {
+                k.push_str(&format!("@{}", l));
+            }
+            k.push('|');
+            for b in &f.branches {
+                k.push('[');
+                frames(&b.frames, k);
+                k.push(']');
+            }
+        }
+    }
+    frames(&t.chain.frames, &mut k);
+    if let Some(l) = &t.chain.leaf {
+        k.push_str(l.kind);
+    }
+    k
+}
+
+fn write_chain<W: Write>(out: &mut W, chain: &Chain, indent: &str) -> io::Result<()> {
+    for f in &chain.frames {
+        let state = f
+            .state
+            .as_deref()
+            .map(|s| format!(", {s}"))
+            .unwrap_or_default();
+        let at = f
+            .location
+            .as_ref()
+            .map(|l| format!("  at {l}"))
+            .unwrap_or_default();
+        writeln!(out, "{indent}{} ({}{state}){at}", f.function, f.kind)?;
+        for m in &f.holds {
+            writeln!(
+                out,
+                "{indent}  holds tokio::sync::Mutex {m:#x} (guard alive across this await)"
+            )?;
+        }
+        for (i, b) in f.branches.iter().enumerate() {
+            writeln!(out, "{indent}  branch {i}:")?;
+            write_chain(out, b, &format!("{indent}    "))?;
+        }
+    }
+    if let Some(l) = &chain.leaf {
+        writeln!(out, "{indent}└─ {}", l.description)?;
+    }
+    Ok(())
+}
+
+fn write_task_body<W: Write>(out: &mut W, t: &TaskReport, indent: &str) -> io::Result<()> {
+    if let Some(loc) = &t.spawned_at {
+        writeln!(out, "{indent}spawned at {loc}")?;
+    }
+    if t.stage.as_deref().is_some_and(|s| s != "running") {
+        writeln!(
+            out,
+            "{indent}future {}",
+            t.stage.as_deref().unwrap_or_default()
+        )?;
+    }
+    write_chain(out, &t.chain, indent)?;
+    if let Some(j) = t.joined_task_id {
+        writeln!(out, "{indent}   (joined task: task {j})")?;
+    }
+    Ok(())
+}
+
+/// Post-mortem hazards derived from the decoded chains, each with the
+/// evidence that supports it.
+fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
+    let mut out = Vec::new();
+    // Who holds each mutex (a guard is a live local of that task).
+    let mut holders: HashMap<u64, Vec<&TaskReport>> = HashMap::new();
+    for t in tasks {
+        for m in t.held_mutexes() {
+            holders.entry(m).or_default().push(t);
+        }
+    }
+    // Wait-for edges: waiter -> task that must act.
+    let mut edges: HashMap<u64, (u64, String)> = HashMap::new();
+    for t in tasks {
+        let (Some(id), Some(leaf)) = (t.id, &t.chain.leaf) else {
+            continue;
+        };
+        match leaf.kind {
+            "mutex-lock" => {
+                let Some(m) = leaf.resource else { continue };
+                for h in holders.get(&m).into_iter().flatten() {
+                    let Some(hid) = h.id else { continue };
+                    if hid == id {
+                        continue;
+                    }
+                    let at = h
+                        .chain
+                        .frames
+                        .iter()
+                        .find(|f| f.holds.contains(&m))
+                        .and_then(|f| f.location.as_ref())
+                        .map(|l| format!(", parked at {l}"))
+                        .unwrap_or_default();
+                    out.push(HazardReport {
+                        kind: "lock-held-by-other-task",
+                        tasks: vec![id, hid],
+                        resource: Some(format!("{m:#x}")),
+                        message: format!(
+                            "{} waits to lock mutex {m:#x}, whose guard is a live local of {}",
+                            t.label(),
+                            h.label()
+                        ),
+                        evidence: vec![
+                            format!(
+                                "{} is suspended in Mutex::lock at {}",
+                                t.label(),
+                                t.await_point().map(ToString::to_string).unwrap_or_default()
+                            ),
+                            format!(
+                                "{} keeps a MutexGuard for {m:#x} across its await{at}",
+                                h.label()
+                            ),
+                        ],
+                    });
+                    edges.insert(id, (hid, format!("mutex {m:#x}")));
+                }
+            }
+            "join-handle" => {
+                if let Some(j) = t.joined_task_id {
+                    edges.insert(id, (j, format!("JoinHandle of task {j}")));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Lost waker: idle, not notified, and the ref count leaves room for no
+    // Waker. tokio counts one reference for the owned-task list, one for a
+    // live JoinHandle (join interest) and one per Waker clone.
+    for t in tasks {
+        let s = &t.state;
+        if t.lifecycle != "idle" || s.notified || t.stage.as_deref() != Some("running") {
+            continue;
+        }
+        let Some(id) = t.id else { continue };
+        let baseline = 1 + u64::from(s.join_interest);
+        if s.ref_count > baseline {
+            continue;
+        }
+        let at = t
+            .await_point()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        let on = t
+            .chain
+            .leaf
+            .as_ref()
+            .map(|l| l.description.clone())
+            .unwrap_or_else(|| "an unknown future".into());
+        out.push(HazardReport {
+            kind: "lost-waker",
+            tasks: vec![id],
+            resource: None,
+            message: format!(
+                "{} is parked{at} and no waker for it exists: nothing can ever wake it",
+                t.label()
+            ),
+            evidence: vec![
+                format!("state word {:#x}: idle, not notified, not running", s.raw),
+                format!(
+                    "reference count {} = 1 (owned-task list){} — no Waker clone holds a reference",
+                    s.ref_count,
+                    if s.join_interest {
+                        " + 1 (JoinHandle)"
+                    } else {
+                        ""
+                    }
+                ),
+                format!("innermost future: {on} (returned Pending without storing cx.waker()?)"),
+            ],
+        });
+    }
+    // Parked on a resource only this task can reach (an Arc with one owner,
+    // held by the waiting task itself).
+    for t in tasks {
+        let (Some(id), Some(leaf)) = (t.id, &t.chain.leaf) else {
+            continue;
+        };
+        let Some(resource) = leaf.resource else {
+            continue;
+        };
+        if !matches!(
+            leaf.kind,
+            "notify" | "semaphore-acquire" | "mutex-lock" | "oneshot-recv"
+        ) {
+            continue;
+        }
+        let owner = t.chain.frames.iter().find(|f| {
+            f.shared
+                .iter()
+                .any(|(d, strong)| *d == resource && *strong == 1)
+        });
+        if let Some(f) = owner {
+            out.push(HazardReport {
+                kind: "leaked-task",
+                tasks: vec![id],
+                resource: Some(format!("{resource:#x}")),
+                message: format!(
+                    "{} is parked on a resource nobody else references ({}): it can never be woken",
+                    t.label(),
+                    leaf.description
+                ),
+                evidence: vec![
+                    format!(
+                        "the resource at {resource:#x} lives in an Arc whose strong count is 1"
+                    ),
+                    format!(
+                        "that only Arc is a local of {} in this very task",
+                        f.function
+                    ),
+                ],
+            });
+        }
+    }
+    // Cycles in the wait-for graph (each node has at most one out-edge).
+    let mut reported: std::collections::HashSet<u64> = Default::default();
+    let mut starts: Vec<u64> = edges.keys().copied().collect();
+    starts.sort_unstable();
+    for start in starts {
+        let mut path = vec![start];
+        let mut cur = start;
+        while let Some((next, _)) = edges.get(&cur) {
+            if let Some(pos) = path.iter().position(|n| n == next) {
+                let cycle: Vec<u64> = path[pos..].to_vec();
+                if cycle.iter().all(|n| !reported.contains(n)) {
+                    reported.extend(&cycle);
+                    let evidence = cycle
+                        .iter()
+                        .map(|n| {
+                            let (to, via) = &edges[n];
+                            format!("task {n} waits for task {to} (via {via})")
+                        })
+                        .collect();
+                    let names: Vec<String> = cycle
+                        .iter()
+                        .chain(cycle.first())
+                        .map(|n| format!("task {n}"))
+                        .collect();
+                    out.push(HazardReport {
+                        kind: "deadlock-cycle",
+                        tasks: cycle.clone(),
+                        resource: None,
+                        message: format!(
+                            "wait-for cycle: {}; none of them can make progress",
+                            names.join(" -> ")
+                        ),
+                        evidence,
+                    });
+                }
+                break;
+            }
+            if path.len() > tasks.len() {
+                break;
+            }
+            path.push(*next);
+            cur = *next;
+        }
+    }
+    out
+}
