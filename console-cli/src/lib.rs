@@ -2,12 +2,22 @@
 //!
 //! `main.rs` is a thin shim over [`main`]; every subcommand lives in
 //! `commands/` and exposes a clap `Args` struct plus `run`.
+//!
+//! Shared pieces:
+//! * [`client`] — connect to a live target (taskscope.v1, or console-api for
+//!   console-subscriber apps) and get a [`taskscope_wire::model::State`],
+//!   once or as a stream;
+//! * [`output`] — text tables and JSON, shared by every subcommand;
+//! * [`demo_app`] — the instrumented demo app `taskscope demo` runs.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod client;
 pub mod commands;
+pub mod demo_app;
+pub mod output;
 
 /// Async task diagnostics: live console, snapshots, crash dumps, CI hazard reports.
 #[derive(Debug, Parser)]
@@ -20,8 +30,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the current tasks of a live target (taskscope or console-subscriber app).
+    #[command(long_about = commands::snapshot::LONG_ABOUT)]
     Snapshot(commands::snapshot::SnapshotArgs),
     /// Run the embedded demo app (real hazards inside) and watch it.
+    #[command(long_about = commands::demo::LONG_ABOUT)]
     Demo(commands::demo::DemoArgs),
     /// Reconstruct runtimes, threads and every task's await chain from an ELF core or a live pid.
     Dump(commands::dump::DumpArgs),
