@@ -137,13 +137,16 @@ pub struct FunctionRange {
     pub die: DieId,
 }
 
-/// A variable or parameter with a single location expression.
+/// A variable or parameter with its location expression at some pc.
 #[derive(Debug, Clone)]
 pub struct FrameVariable {
     pub name: String,
     pub ty: Option<DieId>,
-    /// Raw DWARF expression (e.g. `DW_OP_fbreg N`).
+    /// Raw DWARF expression (e.g. `DW_OP_fbreg N`); empty when the
+    /// variable is optimised out at the pc asked about.
     pub location: Vec<u8>,
+    /// The concrete function or inlined call the variable belongs to.
+    pub scope: DieId,
 }
 
 /// Locals of one function and its frame base expression.
@@ -174,6 +177,8 @@ pub struct DebugInfo {
     units: RefCell<HashMap<usize, Rc<gimli::Unit<R>>>>,
     types: RefCell<HashMap<DieId, Rc<Type>>>,
     index: OnceCell<Index>,
+    /// Per source file: code bytes attributed to each line (line tables).
+    line_weights: RefCell<HashMap<String, Rc<HashMap<u64, u64>>>>,
 }
 
 impl std::fmt::Debug for DebugInfo {
@@ -224,6 +229,7 @@ impl DebugInfo {
             units: RefCell::new(HashMap::new()),
             types: RefCell::new(HashMap::new()),
             index: OnceCell::new(),
+            line_weights: RefCell::new(HashMap::new()),
         })
     }
 
@@ -377,74 +383,137 @@ impl DebugInfo {
         out
     }
 
-    /// Variables and parameters of a function (through lexical blocks and
-    /// inlined scopes, bounded) with a single-expression location, plus the
-    /// function's frame base expression.
-    pub fn frame_variables(&self, die: DieId) -> FrameVariables {
-        let mut vars = Vec::new();
+    /// Variables and parameters in scope at `pc` (link-time) in the
+    /// concrete function `die`: through the lexical blocks and inlined
+    /// calls whose ranges cover `pc` (bounded), each with the location
+    /// expression valid at `pc` — the single expression, or the matching
+    /// entry of its location list (optimised builds). Inlined parameters
+    /// take their name and type from their abstract origin. Each variable
+    /// records its scope (the function or inlined call it belongs to).
+    pub fn variables_at(&self, die: DieId, pc: u64) -> FrameVariables {
+        let mut out = FrameVariables::default();
         let Ok((unit, off)) = self.unit_for(die) else {
-            return FrameVariables {
-                frame_base: None,
-                vars,
-            };
+            return out;
         };
         let Ok(entry) = unit.entry(off) else {
-            return FrameVariables {
-                frame_base: None,
-                vars,
-            };
+            return out;
         };
-        let frame_base = match entry.attr_value(gimli::DW_AT_frame_base) {
+        out.frame_base = match entry.attr_value(gimli::DW_AT_frame_base) {
             Some(AttributeValue::Exprloc(e)) => Some(e.0.to_vec()),
             _ => None,
         };
         let Ok(mut cursor) = unit.entries_tree(Some(off)) else {
-            return FrameVariables { frame_base, vars };
+            return out;
         };
         let Ok(root) = cursor.root() else {
-            return FrameVariables { frame_base, vars };
+            return out;
         };
-        fn walk(
-            d: &DebugInfo,
-            unit: &gimli::Unit<R>,
-            node: gimli::EntriesTreeNode<'_, '_, R>,
-            depth: usize,
-            vars: &mut Vec<FrameVariable>,
-        ) {
-            let mut children = node.children();
-            while let Ok(Some(child)) = children.next() {
-                if vars.len() > 256 {
-                    return;
+        self.walk_scope(&unit, root, die, pc, 0, &mut out.vars);
+        out
+    }
+
+    fn walk_scope(
+        &self,
+        unit: &gimli::Unit<R>,
+        node: gimli::EntriesTreeNode<'_, '_, R>,
+        scope: DieId,
+        pc: u64,
+        depth: usize,
+        vars: &mut Vec<FrameVariable>,
+    ) {
+        let mut children = node.children();
+        while let Ok(Some(child)) = children.next() {
+            if vars.len() > 512 {
+                return;
+            }
+            let e = child.entry();
+            match e.tag() {
+                gimli::DW_TAG_variable | gimli::DW_TAG_formal_parameter => {
+                    // Empty: optimised out at this pc (kept: its type still
+                    // says what to look for).
+                    let location = self.location_at(unit, e, pc).unwrap_or_default();
+                    let origin = e
+                        .attr_value(gimli::DW_AT_abstract_origin)
+                        .and_then(|v| Self::attr_ref(unit, v));
+                    let name = e
+                        .attr_value(gimli::DW_AT_name)
+                        .and_then(|v| self.attr_str(unit, v))
+                        .or_else(|| origin.and_then(|o| self.die_name(o)))
+                        .unwrap_or_default();
+                    let ty = e
+                        .attr_value(gimli::DW_AT_type)
+                        .and_then(|v| Self::attr_ref(unit, v))
+                        .or_else(|| origin.and_then(|o| self.die_type(o)));
+                    vars.push(FrameVariable {
+                        name,
+                        ty,
+                        location,
+                        scope,
+                    });
                 }
-                let e = child.entry();
-                match e.tag() {
-                    gimli::DW_TAG_variable | gimli::DW_TAG_formal_parameter => {
-                        if let Some(AttributeValue::Exprloc(expr)) =
-                            e.attr_value(gimli::DW_AT_location)
-                        {
-                            let name = e
-                                .attr_value(gimli::DW_AT_name)
-                                .and_then(|v| d.attr_str(unit, v))
-                                .unwrap_or_default();
-                            let ty = e
-                                .attr_value(gimli::DW_AT_type)
-                                .and_then(|v| DebugInfo::attr_ref(unit, v));
-                            vars.push(FrameVariable {
-                                name,
-                                ty,
-                                location: expr.0.to_vec(),
-                            });
-                        }
-                    }
-                    gimli::DW_TAG_lexical_block if depth < 8 => {
-                        walk(d, unit, child, depth + 1, vars)
-                    }
-                    _ => {}
+                gimli::DW_TAG_lexical_block | gimli::DW_TAG_inlined_subroutine
+                    if depth < 32 && self.covers(unit, e, pc) =>
+                {
+                    let inner = if e.tag() == gimli::DW_TAG_inlined_subroutine {
+                        Self::global(unit, e.offset()).unwrap_or(scope)
+                    } else {
+                        scope
+                    };
+                    self.walk_scope(unit, child, inner, pc, depth + 1, vars);
                 }
+                _ => {}
             }
         }
-        walk(self, &unit, root, 0, &mut vars);
-        FrameVariables { frame_base, vars }
+    }
+
+    /// `true` when the DIE's code ranges contain `pc` (a DIE without
+    /// ranges covers everything its parent does).
+    fn covers(
+        &self,
+        unit: &gimli::Unit<R>,
+        e: &gimli::DebuggingInformationEntry<R>,
+        pc: u64,
+    ) -> bool {
+        if e.attr_value(gimli::DW_AT_low_pc).is_none()
+            && e.attr_value(gimli::DW_AT_ranges).is_none()
+        {
+            return true;
+        }
+        let Ok(mut ranges) = self.dwarf.die_ranges(unit, e) else {
+            return false;
+        };
+        for _ in 0..4096 {
+            match ranges.next() {
+                Ok(Some(r)) if r.begin <= pc && pc < r.end => return true,
+                Ok(Some(_)) => {}
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// The location expression of a variable valid at `pc`.
+    fn location_at(
+        &self,
+        unit: &gimli::Unit<R>,
+        e: &gimli::DebuggingInformationEntry<R>,
+        pc: u64,
+    ) -> Option<Vec<u8>> {
+        let value = e.attr_value(gimli::DW_AT_location)?;
+        if let AttributeValue::Exprloc(expr) = value {
+            return Some(expr.0.to_vec());
+        }
+        let mut list = self.dwarf.attr_locations(unit, value).ok()??;
+        for _ in 0..4096 {
+            match list.next() {
+                Ok(Some(l)) if l.range.begin <= pc && pc < l.range.end => {
+                    return Some(l.data.0.to_vec());
+                }
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// Decodes (and caches) the type DIE `id`, looking through typedefs and
@@ -830,6 +899,61 @@ impl DebugInfo {
             .take(64)
             .find(|r| r.low <= addr && addr < r.high)
             .copied()
+    }
+
+    /// How many bytes of machine code the line tables attribute to each
+    /// line of `file` (over every unit that has rows for it). Computed once
+    /// per file. A macro's expansion is attributed to the line that invokes
+    /// it, so its call site stands out among the lines around it.
+    pub fn line_weights(&self, file: &str) -> Rc<HashMap<u64, u64>> {
+        if let Some(w) = self.line_weights.borrow().get(file) {
+            return w.clone();
+        }
+        let mut weights: HashMap<u64, u64> = HashMap::new();
+        for (idx, (_, header)) in self.headers.iter().enumerate() {
+            let Ok(unit) = self.unit_at(idx, header) else {
+                continue;
+            };
+            let Some(program) = unit.line_program.clone() else {
+                continue;
+            };
+            let count = program.header().file_names().len() as u64;
+            let first = if program.header().version() >= 5 {
+                0
+            } else {
+                1
+            };
+            let wanted: Vec<u64> = (first..first + count)
+                .filter(|i| self.file_name(&unit, *i).as_deref() == Some(file))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let mut rows = program.rows();
+            let mut prev: Option<(u64, u64, u64)> = None; // (address, file, line)
+            while let Ok(Some((_, row))) = rows.next_row() {
+                if let Some((addr, f, line)) = prev {
+                    let bytes = row.address().saturating_sub(addr).min(1 << 16);
+                    if line != 0 && wanted.contains(&f) {
+                        *weights.entry(line).or_default() += bytes;
+                    }
+                }
+                prev = if row.end_sequence() {
+                    None
+                } else {
+                    Some((
+                        row.address(),
+                        row.file_index(),
+                        row.line().map(|l| l.get()).unwrap_or(0),
+                    ))
+                };
+            }
+        }
+        let weights = Rc::new(weights);
+        self.line_weights
+            .borrow_mut()
+            .insert(file.to_string(), weights.clone());
+        weights
     }
 
     /// Source file and line of a code address (link-time), from the line

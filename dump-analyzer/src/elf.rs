@@ -402,6 +402,9 @@ pub struct Executable {
     /// Function symbols sorted by address (link-time addresses).
     pub symbols: Vec<Symbol>,
     pub has_debug_info: bool,
+    /// `(link-time address, size)` of taskscope's `taskscope_registry`
+    /// section, when the app links taskscope (kept by `strip`).
+    pub registry_section: Option<(u64, u64)>,
 }
 
 impl Executable {
@@ -463,7 +466,12 @@ impl Executable {
         let has_debug_info = file
             .section_by_name(".debug_info")
             .is_some_and(|s| s.size() > 0);
+        let registry_section = file
+            .section_by_name(crate::registry::SECTION)
+            .filter(|s| s.address() != 0 && s.size() > 0)
+            .map(|s| (s.address(), s.size()));
         Ok(Executable {
+            registry_section,
             path: path.to_owned(),
             build_id,
             entry: file.entry(),

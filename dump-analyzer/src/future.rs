@@ -12,7 +12,7 @@
 //! `MaybeDone` and `Map`, down to a leaf described in user terms: which
 //! mutex, which channel, which sleep deadline, which joined task.
 
-use crate::dwarf::Type;
+use crate::dwarf::{Member, Type};
 use crate::tokio::{RawTask, SourceLocation, Walker};
 use crate::value::{plausible_pointer, Value};
 
@@ -88,7 +88,7 @@ pub struct Chain {
 pub struct Leaf {
     /// `mutex-lock`, `semaphore-acquire`, `mpsc-send`, `mpsc-recv`,
     /// `oneshot-recv`, `sleep`, `join-handle`, `notify`, `pending`,
-    /// `not-started`, `future`.
+    /// `not-started`, `future`, `unknown`.
     pub kind: &'static str,
     pub description: String,
     /// Address of the resource (mutex, semaphore, channel), the identity
@@ -107,6 +107,12 @@ pub struct Leaf {
     /// For `sleep`: deadline on the monotonic clock, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<f64>,
+    /// For `sleep`: seconds from the core's time to the deadline (negative:
+    /// overdue). The core's time is the runtime's timer clock: its start
+    /// instant plus the milliseconds its timer wheel has processed, i.e.
+    /// the last time the time driver ran (a dump holds no wall clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_in_secs: Option<f64>,
     pub type_name: String,
 }
 
@@ -153,6 +159,23 @@ fn plain_path(name: &str) -> String {
         .filter(|seg| !seg.starts_with("{impl#"))
         .collect::<Vec<_>>()
         .join("::")
+}
+
+/// `2d 3h`, `23h 59m`, `4m 10s`, `12.5s`, `250ms`.
+fn human_secs(s: f64) -> String {
+    let whole = s as u64;
+    let (d, h, m) = (whole / 86_400, whole / 3_600 % 24, whole / 60 % 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {}s", whole % 60)
+    } else if s >= 1.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}ms", (s * 1e3).round() as u64)
+    }
 }
 
 fn state_name(member: &str, ty_name: &str) -> String {
@@ -223,6 +246,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 resource: None,
                 joined_task_header: None,
                 deadline_secs: None,
+                deadline_in_secs: None,
                 type_name: String::new(),
             });
         }
@@ -314,7 +338,15 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 if name.starts_with("tokio::time::timeout::Timeout") {
                     if let Some(delay) = r.field(&v, "delay") {
                         if let Some(secs) = self.deadline(&delay) {
-                            frame.state = Some(format!("deadline {secs:.3}s (monotonic)"));
+                            frame.state = Some(match self.timer_clock(&delay) {
+                                Some(now) if secs >= now => {
+                                    format!("times out in {}", human_secs(secs - now))
+                                }
+                                Some(now) => {
+                                    format!("deadline passed {} ago", human_secs(now - secs))
+                                }
+                                None => format!("deadline {secs:.3}s of the monotonic clock"),
+                            });
                         }
                     }
                 }
@@ -332,6 +364,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
             resource: None,
             joined_task_header: None,
             deadline_secs: None,
+            deadline_in_secs: None,
             type_name: short(name),
         }
     }
@@ -371,10 +404,12 @@ impl<'w, 'a> Decoder<'w, 'a> {
         };
         let sname = state_name(&m.name, &state.ty.name);
         let location = if sname.starts_with("Suspend") {
-            m.decl_line.map(|line| SourceLocation {
-                file: m.decl_file.clone().unwrap_or_default(),
-                line,
-                column: None,
+            self.macro_call_site(&v.ty, &m).or_else(|| {
+                m.decl_line.map(|line| SourceLocation {
+                    file: m.decl_file.clone().unwrap_or_default(),
+                    line,
+                    column: None,
+                })
             })
         } else {
             None
@@ -414,6 +449,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 resource: None,
                 joined_task_header: None,
                 deadline_secs: None,
+                deadline_in_secs: None,
                 type_name: short(name),
             }),
             "Returned" | "Panicked" => None,
@@ -427,6 +463,81 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 self.walk(awaitee, frames, depth + 1)
             }
         }
+    }
+
+    /// The user's line for an `.await` written inside a macro (`select!`,
+    /// `join!`, ...), whose suspend point DWARF declares in the macro's own
+    /// file. rustc attributes the code of a macro expansion to the line
+    /// that invokes it, so among the lines of this async fn between the
+    /// neighbouring awaits of its own file, the invocation is the line the
+    /// line tables give the most code; the k-th macro await of such a
+    /// stretch takes the k-th heaviest line, in source order. `None` when
+    /// the await is in the function's own file (DWARF's line is exact).
+    fn macro_call_site(&self, ty: &Type, member: &Member) -> Option<SourceLocation> {
+        let part = ty.variant_part()?;
+        let variant = |d: u64| {
+            part.variants
+                .iter()
+                .find(|v| v.discr_value == Some(d))
+                .map(|v| &v.member)
+        };
+        let start = variant(0)?;
+        let file = start.decl_file.clone()?;
+        if member.decl_file.as_deref() == Some(file.as_str()) || member.decl_file.is_none() {
+            return None;
+        }
+        let fn_start = start.decl_line?;
+        let fn_end = variant(1).and_then(|m| m.decl_line).unwrap_or(u64::MAX);
+        let mut suspends: Vec<(u64, &Member)> = part
+            .variants
+            .iter()
+            .filter_map(|v| Some((v.discr_value.filter(|d| *d >= 3)?, &v.member)))
+            .collect();
+        suspends.sort_by_key(|(d, _)| *d);
+        let own = |m: &Member| m.decl_file.as_deref() == Some(file.as_str());
+        let me = suspends.iter().position(|(_, m)| m.name == member.name)?;
+        let before = suspends[..me].iter().rposition(|(_, m)| own(m));
+        let after = suspends[me + 1..]
+            .iter()
+            .position(|(_, m)| own(m))
+            .map(|i| me + 1 + i);
+        let lo = before
+            .and_then(|i| suspends[i].1.decl_line)
+            .unwrap_or(fn_start);
+        let hi = after
+            .and_then(|i| suspends[i].1.decl_line)
+            .unwrap_or(fn_end);
+        let group_start = before.map_or(0, |i| i + 1);
+        let group_len = after.unwrap_or(suspends.len()) - group_start;
+        let rank = me - group_start;
+        let weights = self.w.r.dwarf.line_weights(&file);
+        let pick = |inclusive: bool| -> Option<u64> {
+            let mut lines: Vec<(u64, u64)> = weights
+                .iter()
+                .filter(|(l, _)| {
+                    let inside = if inclusive {
+                        lo <= **l && **l <= hi
+                    } else {
+                        lo < **l && **l < hi
+                    };
+                    inside && **l != fn_start && **l != fn_end
+                })
+                .map(|(l, b)| (*l, *b))
+                .collect();
+            if lines.len() < group_len {
+                return None;
+            }
+            lines.sort_by_key(|(l, b)| (std::cmp::Reverse(*b), *l));
+            lines.truncate(group_len);
+            lines.sort_unstable();
+            lines.get(rank).map(|(l, _)| *l)
+        };
+        let line = pick(false).or_else(|| pick(true))?;
+        Some(SourceLocation {
+            file,
+            line,
+            column: None,
+        })
     }
 
     /// Mutex guards among the locals saved across this await.
@@ -498,6 +609,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
             resource,
             joined_task_header: None,
             deadline_secs: None,
+            deadline_in_secs: None,
             type_name: function.to_string(),
         };
         let function = plain_path(function);
@@ -587,6 +699,47 @@ impl<'w, 'a> Decoder<'w, 'a> {
         Some(tv_sec as f64 + tv_nsec as f64 / 1e9)
     }
 
+    /// The runtime's notion of "now" at the dump, in seconds of the
+    /// monotonic clock: the time driver's start instant (`TimeSource`)
+    /// plus the milliseconds its wheel has processed (`Wheel.elapsed`),
+    /// reached from the sleep's own runtime handle.
+    fn timer_clock(&self, sleep: &Value) -> Option<f64> {
+        let r = &self.w.r;
+        let handle = r.find(sleep, "driver", 3)?;
+        let handle = r.arc_data(&handle)?;
+        let drivers = r.find(&handle, "driver", 2)?;
+        let time = r.find(&drivers, "time", 2)?;
+        let source = r.find(&time, "time_source", 4)?;
+        let start = r.find(&source, "start_time", 2)?;
+        let tv_sec = r.find(&start, "tv_sec", 5).and_then(|v| r.scalar(&v))?;
+        let tv_nsec = r
+            .find(&start, "tv_nsec", 6)
+            .and_then(|v| r.scalar(&v))
+            .unwrap_or(0);
+        let elapsed_ms = match r.find(&time, "wheel", 12) {
+            Some(wheel) => r.find(&wheel, "elapsed", 2).and_then(|v| r.scalar(&v))?,
+            // tokio 1.38-1.4x: sharded wheels (`Box<[Mutex<Wheel>]>`), all
+            // advanced together; the furthest one is the driver's time.
+            None => {
+                let wheels = r.find(&time, "wheels", 8)?;
+                let first = r.find(&wheels, "data_ptr", 3).and_then(|p| r.deref(&p))?;
+                let len = r.find(&wheels, "length", 3).and_then(|v| r.scalar(&v))?;
+                let size = first.ty.size.max(1);
+                (0..len.min(1024))
+                    .filter_map(|i| {
+                        let shard = r.value(first.addr.checked_add(i * size)?, first.ty.id)?;
+                        r.find(&shard, "elapsed", 6).and_then(|v| r.scalar(&v))
+                    })
+                    .max()?
+            }
+        };
+        // A wheel that never ran reads 0; more than ten years is garbage.
+        if tv_sec == 0 || elapsed_ms > 10 * 365 * 86_400_000 {
+            return None;
+        }
+        Some(tv_sec as f64 + tv_nsec as f64 / 1e9 + elapsed_ms as f64 / 1e3)
+    }
+
     /// Leaf futures recognised by type.
     fn leaf(&self, v: &Value, name: &str) -> Option<Leaf> {
         let r = &self.w.r;
@@ -596,6 +749,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
             resource: None,
             joined_task_header: None,
             deadline_secs: None,
+            deadline_in_secs: None,
             type_name: short(name),
         };
         if name.starts_with("tokio::sync::oneshot::Receiver<") {
@@ -615,14 +769,27 @@ impl<'w, 'a> Decoder<'w, 'a> {
         }
         if name == "tokio::time::sleep::Sleep" {
             let secs = self.deadline(v);
+            let now = self.timer_clock(v);
+            let left = secs.zip(now).map(|(d, n)| d - n);
             let mut l = mk(
                 "sleep",
-                match secs {
-                    Some(s) => format!("sleeping until {s:.3}s on the monotonic clock"),
-                    None => "sleeping".to_string(),
+                match (secs, left) {
+                    (Some(_), Some(left)) if left >= 0.0 => format!(
+                        "sleeping: fires in {} (by the runtime's timer clock at the dump)",
+                        human_secs(left)
+                    ),
+                    (Some(_), Some(left)) => format!(
+                        "sleeping: deadline passed {} ago by the runtime's timer clock, not fired yet",
+                        human_secs(-left)
+                    ),
+                    (Some(s), None) => format!(
+                        "sleeping until {s:.3}s of the monotonic clock (the dump's own time is unknown: no timer clock found)"
+                    ),
+                    (None, _) => "sleeping".to_string(),
                 },
             );
             l.deadline_secs = secs;
+            l.deadline_in_secs = left;
             return Some(l);
         }
         if name.starts_with("tokio::runtime::task::join::JoinHandle<") {
@@ -722,6 +889,11 @@ mod tests {
         assert_eq!(state_name("1", ""), "Returned");
         assert_eq!(state_name("2", ""), "Panicked");
         assert_eq!(state_name("5", ""), "Suspend2");
+        assert_eq!(super::human_secs(86_399.0), "23h 59m");
+        assert_eq!(super::human_secs(2.0 * 86_400.0 + 7_300.0), "2d 2h");
+        assert_eq!(super::human_secs(250.0), "4m 10s");
+        assert_eq!(super::human_secs(12.54), "12.5s");
+        assert_eq!(super::human_secs(0.25), "250ms");
         assert_eq!(state_name("3", "Suspend0"), "Suspend0");
     }
 }

@@ -11,10 +11,14 @@
 //!   by the executable's read-only segments) and by a live process.
 //! - [`dwarf`]: DWARF read lazily (types decoded per DIE, one index pass on
 //!   first lookup).
+//! - [`location`]: DWARF location expressions evaluated in unwound frames
+//!   (finding the `block_on` future on a stack, debug or optimised).
 //! - [`value`]: typed navigation of memory by field names and enum variants.
 //! - [`tokio`]: runtimes and owned tasks, found through each thread's TLS.
 //! - [`future`]: the async state-machine decoder producing logical backtraces
 //!   down to a leaf described in user terms.
+//! - [`registry`]: taskscope's own task registry (names, parent task, poll
+//!   statistics), read from its self-describing linker section without DWARF.
 //! - [`report`]: the serialisable report and its text renderer.
 //!
 //! Every read of target memory is checked and every walk is bounded, so a
@@ -25,8 +29,11 @@ pub mod dwarf;
 pub mod elf;
 pub mod error;
 pub mod future;
+pub mod location;
 pub mod memory;
 pub mod process;
+pub mod registry;
+pub mod remote;
 pub mod report;
 pub mod tokio;
 pub mod unwind;
@@ -190,6 +197,14 @@ fn report_for(
         .iter()
         .map(|t| report::ThreadReport::basic(t, exe, bias))
         .collect();
+    // taskscope's registry needs no DWARF: read it first, so a stripped
+    // binary still names its tasks.
+    if let Some((addr, size)) = exe.registry_section {
+        progress.say("reading the taskscope registry...");
+        let found = registry::read(mem, addr.wrapping_add(bias), size);
+        warnings.extend(found.warnings);
+        report.instrumented = found.tasks;
+    }
     // Line tables need DWARF; loaded only if the binary has it.
     let dwarf = if exe.has_debug_info {
         Some(dwarf::DebugInfo::load(&exe.path, exe.bytes())?)
@@ -240,8 +255,13 @@ fn report_for(
         tr.classify();
     }
     let Some(dwarf) = dwarf else {
+        let registry = if report.instrumented.is_empty() {
+            ""
+        } else {
+            " (taskscope's registry still names them, without await points)"
+        };
         warnings.push(format!(
-            "{} has no DWARF debug info: tasks cannot be decoded; build with `debug = true` (or `debug = 2`)",
+            "{} has no DWARF debug info: tokio tasks and their await chains cannot be decoded{registry}; build with `debug = true` (or `debug = 2`)",
             exe.path.display()
         ));
         report.warnings = warnings;
@@ -276,16 +296,50 @@ fn report_for(
     // Futures driven by `block_on` live on a thread's stack, not in a
     // runtime; a LocalSet they drive has its own task list.
     for (tid, regs) in &stacks {
-        let Some(value) = block_on_value(&decoder, &dwarf, bias, regs) else {
+        // `block_on` moves its future inward (tokio wraps it in a tracing
+        // span, then pins it in an inner frame): outer frames keep stale,
+        // moved-from copies that still read as `Unresumed`. The copy that
+        // was polled is the one that tells where the thread waits.
+        let mut chosen = None;
+        let (values, unlocated) = block_on_values(&decoder, &dwarf, mem, bias, regs);
+        for (value, located_by) in values {
+            let Some(fut) = decoder.find_async(&value) else {
+                continue;
+            };
+            let chain = decoder.chain(&fut);
+            let polled = chain
+                .frames
+                .iter()
+                .find(|f| f.kind != "combinator")
+                .is_some_and(|f| f.state.as_deref() != Some("Unresumed"));
+            let better = chosen.is_none() || polled;
+            if better {
+                chosen = Some((value, fut, chain, located_by));
+            }
+            if polled {
+                break;
+            }
+        }
+        let Some((value, fut, mut chain, located_by)) = chosen else {
             continue;
         };
-        if let Some(fut) = decoder.find_async(&value) {
-            report.block_on.push(report::BlockOnReport {
-                thread: *tid,
-                future_type: dwarf.qualified_name(&fut.ty),
-                chain: decoder.chain(&fut),
-            });
+        if unlocated && chain.leaf.as_ref().is_some_and(|l| l.kind == "not-started") {
+            // Only a moved-from copy was found: do not claim it never ran.
+            if let Some(leaf) = chain.leaf.as_mut() {
+                leaf.kind = "unknown";
+                leaf.description = "state unknown: in this optimised build DWARF does not locate \
+                    the copy block_on polls, and no single suspended copy was found in its frame \
+                    (shown: the value block_on received)"
+                    .into();
+            }
         }
+        report.block_on.push(report::BlockOnReport {
+            thread: *tid,
+            future_type: dwarf.qualified_name(&fut.ty),
+            chain,
+            located_by,
+            instrumented: None,
+        });
         for mut set in walker.local_sets(&value) {
             set.threads.push(*tid);
             let mut tick = |n: usize| progress.say(&format!("{n} local tasks read..."));
@@ -304,78 +358,127 @@ fn report_for(
     Ok(report)
 }
 
-/// Finds the future passed to a `block_on` on this stack: a parameter or
-/// local named `f`/`future` of a `block_on` frame, located with its DWARF
-/// location (`DW_OP_fbreg` off the frame base) in the unwound registers.
-fn block_on_value(
+/// Finds the futures passed to the `block_on` frames on this stack:
+/// parameters or locals named `f`/`future` of a `block_on` function or
+/// inlined call covering the frame's pc, located by evaluating their DWARF
+/// location at that pc (a location-list entry in optimised builds) in the
+/// CFI-unwound registers. Outermost frame first, each with how it was
+/// found (`dwarf-location`, or `frame-scan` when DWARF has no location for
+/// the copy `block_on` polls). The flag says a `block_on` frame holds a
+/// copy that could be located neither way.
+fn block_on_values(
     decoder: &future::Decoder<'_, '_>,
     dwarf: &dwarf::DebugInfo,
+    mem: &dyn MemorySource,
     bias: u64,
     frames: &[elf::Registers],
-) -> Option<value::Value> {
-    // Outermost block_on first: it is the one the user called.
+) -> (Vec<(value::Value, &'static str)>, bool) {
+    let mut out = Vec::new();
+    let mut unlocated = false;
     for i in (0..frames.len()).rev() {
         let regs = &frames[i];
+        // A return address points after the call: look up the call itself.
         let pc = regs.rip.wrapping_sub(bias).wrapping_sub(u64::from(i > 0));
         let Some(func) = dwarf.function_containing(pc) else {
             continue;
         };
-        let Some(name) = dwarf.die_name(func.die) else {
-            continue;
+        let dwarf::FrameVariables { frame_base, vars } = dwarf.variables_at(func.die, pc);
+        let frame = location::Frame {
+            regs,
+            cfa: frames.get(i + 1).map(|r| r.rsp),
+            frame_base: frame_base.as_deref(),
+            memory: mem,
         };
-        if !name.starts_with("block_on") {
-            continue;
-        }
-        let dwarf::FrameVariables { frame_base, vars } = dwarf.frame_variables(func.die);
-        let cfa = frames.get(i + 1).map(|r| r.rsp);
-        let fb = match frame_base.as_deref() {
-            Some([0x56]) => Some(regs.rbp),
-            Some([0x57]) => Some(regs.rsp),
-            Some([0x9c]) => cfa,
-            Some([0x77, rest @ ..]) => sleb(rest).map(|o| regs.rsp.wrapping_add_signed(o)),
-            _ => None,
-        };
-        for dwarf::FrameVariable {
-            name: vname,
-            ty,
-            location: expr,
-        } in vars
-        {
-            if vname != "f" && vname != "future" {
+        let mut names: std::collections::HashMap<dwarf::DieId, bool> = Default::default();
+        let mut optimised_out = Vec::new();
+        for var in vars {
+            if var.name != "f" && var.name != "future" {
                 continue;
             }
-            let (Some(ty), Some(fb)) = (ty, fb) else {
+            let in_block_on = *names.entry(var.scope).or_insert_with(|| {
+                dwarf
+                    .die_name(var.scope)
+                    .is_some_and(|n| n.starts_with("block_on"))
+            });
+            let (true, Some(ty)) = (in_block_on, var.ty) else {
                 continue;
             };
-            let addr = match expr.as_slice() {
-                [0x91, rest @ ..] => sleb(rest).map(|o| fb.wrapping_add_signed(o)),
-                _ => None,
+            let Some(location::Location::Memory(addr)) = frame.eval(&var.location) else {
+                if var.location.is_empty() {
+                    optimised_out.push(ty);
+                }
+                continue;
             };
-            let Some(value) = addr.and_then(|a| decoder.reader().value(a, ty)) else {
+            let Some(value) = decoder.reader().value(addr, ty) else {
                 continue;
             };
             if decoder.find_async(&value).is_some() {
-                return Some(value);
+                out.push((value, "dwarf-location"));
+            }
+        }
+        // Optimised builds move the future into block_on's own frame
+        // (`pin!`) and may keep no location for that copy.
+        if let (Some(ty), Some(cfa)) = (optimised_out.first(), frame.cfa) {
+            match scan_frame_for_polled(decoder, mem, *ty, regs.rsp, cfa) {
+                Some(v) => out.push((v, "frame-scan")),
+                None => unlocated = true,
             }
         }
     }
-    None
+    (out, unlocated)
 }
 
-fn sleb(bytes: &[u8]) -> Option<i64> {
-    let mut result: i64 = 0;
-    let mut shift = 0;
-    for &b in bytes.iter().take(10) {
-        result |= i64::from(b & 0x7f) << shift;
-        shift += 7;
-        if b & 0x80 == 0 {
-            if shift < 64 && b & 0x40 != 0 {
-                result |= -1i64 << shift;
-            }
-            return Some(result);
-        }
+/// The one copy of a future of type `ty` inside the stack frame
+/// `[rsp, cfa)` that is suspended at an `.await` (state `Suspend*`, a
+/// decoded await line): used when DWARF says the pinned copy `block_on`
+/// polls is optimised out. Nothing is returned unless exactly one
+/// candidate qualifies.
+fn scan_frame_for_polled(
+    decoder: &future::Decoder<'_, '_>,
+    mem: &dyn MemorySource,
+    ty: dwarf::DieId,
+    rsp: u64,
+    cfa: u64,
+) -> Option<value::Value> {
+    let reader = decoder.reader();
+    let t = reader.dwarf.ty(ty).ok()?;
+    let part = t.variant_part()?;
+    let discr = part.discr.as_ref()?;
+    let suspend: Vec<u64> = part
+        .variants
+        .iter()
+        .filter_map(|v| v.discr_value)
+        .filter(|d| *d >= 3)
+        .collect();
+    let len = cfa.checked_sub(rsp)?;
+    if len == 0 || len > 1 << 20 || t.size == 0 || t.size > len {
+        return None;
     }
-    None
+    let mut frame = vec![0u8; len as usize];
+    mem.read(rsp, &mut frame).ok()?;
+    let mut found: Option<value::Value> = None;
+    for off in (0..=len - t.size).step_by(8) {
+        let at = (off + discr.offset) as usize;
+        let Some(&state) = frame.get(at) else { break };
+        if !suspend.contains(&u64::from(state)) {
+            continue;
+        }
+        let Some(v) = reader.value(rsp + off, ty) else {
+            continue;
+        };
+        let chain = decoder.chain(&v);
+        let suspended = chain.frames.first().is_some_and(|f| {
+            f.state.as_deref().is_some_and(|s| s.starts_with("Suspend")) && f.location.is_some()
+        });
+        if !suspended || chain.leaf.is_none() {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        found = Some(v);
+    }
+    found
 }
 
 /// Convenience: analyse a core file.
@@ -387,16 +490,4 @@ pub fn analyze_core(core: &Path, exe: Option<&Path>) -> Result<Report> {
         },
         &Options::default(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sleb128_decodes_frame_offsets() {
-        assert_eq!(super::sleb(&[0x02]), Some(2));
-        assert_eq!(super::sleb(&[0x7e]), Some(-2));
-        assert_eq!(super::sleb(&[0x98, 0x02]), Some(280));
-        assert_eq!(super::sleb(&[0x80, 0x7f]), Some(-128));
-        assert_eq!(super::sleb(&[0x80]), None, "truncated");
-    }
 }

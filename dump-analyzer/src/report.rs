@@ -12,8 +12,15 @@
 //!   join_interest, join_waker, cancelled, ref_count}, stage?, future_type?, spawned_at?: {file, line, column?},
 //!   chain: {frames: [{function, kind, state?, location?: {file, line}, branches?: [chain],
 //!   holds?: ["0x…"], shared?: [{address, strong}]}], leaf?: {kind, description, resource?: "0x…",
-//!   joined_task_header?: "0x…", deadline_secs?, type_name}}, joined_task_id?}]`
-//! - `block_on`: `[{thread, future_type, chain}]` — futures driven by `block_on`
+//!   joined_task_header?: "0x…", deadline_secs?, deadline_in_secs?, type_name}}, joined_task_id?,
+//!   instrumented?: {…as in `instrumented`}}]`
+//! - `block_on`: `[{thread, future_type, chain, located_by: "dwarf-location"|"frame-scan"}]` —
+//!   futures driven by `block_on`
+//! - `instrumented`: `[{id, tokio_id?, name?, kind, source: "tracing"|"wrapper", state,
+//!   spawned_at?, parent_id?, parent_tokio_id?, parent_name?, polls, busy_ns, scheduled_ns,
+//!   max_poll_ns, wakes, self_wakes, waker_clones, waker_drops, created_at_ns?,
+//!   last_poll_ended_ns?, last_wake_ns?, record}]` — every task of taskscope's registry
+//!   (apps linking taskscope; read without DWARF), also merged into `tasks` by tokio id
 //! - `partial`: `true` when `warnings` says something could not be read
 //! - `hazards`: `[{kind, tasks: [id], resource?, message, evidence: [string]}]`
 
@@ -22,6 +29,7 @@ use std::io::{self, Write};
 
 use crate::elf::{Executable, Registers, ThreadRecord};
 use crate::future::{Chain, Frame};
+use crate::registry::InstrumentedTask;
 use crate::tokio::{RawTask, RuntimeInfo, SourceLocation, TaskState};
 
 pub const SCHEMA: &str = "taskscope-dump/1";
@@ -161,6 +169,10 @@ pub struct TaskReport {
     pub chain: Chain,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub joined_task_id: Option<u64>,
+    /// What taskscope's registry knows of this task (same tokio id): name,
+    /// parent task, poll statistics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instrumented: Option<InstrumentedTask>,
 }
 
 impl TaskReport {
@@ -176,6 +188,7 @@ impl TaskReport {
             spawned_at: t.spawned_at.clone(),
             chain,
             joined_task_id: None,
+            instrumented: None,
         }
     }
 
@@ -211,9 +224,13 @@ impl TaskReport {
     }
 
     fn label(&self) -> String {
-        match self.id {
+        let base = match self.id {
             Some(id) => format!("task {id}"),
             None => format!("task @{}", self.header),
+        };
+        match self.instrumented.as_ref().and_then(|i| i.name.as_ref()) {
+            Some(name) => format!("{base} \"{name}\""),
+            None => base,
         }
     }
 }
@@ -235,6 +252,15 @@ pub struct BlockOnReport {
     pub thread: u32,
     pub future_type: String,
     pub chain: Chain,
+    /// `dwarf-location`: a variable's DWARF location at an unwound frame's
+    /// pc; `frame-scan`: the one suspended copy of the future's type in
+    /// `block_on`'s stack frame, when optimisation left the copy it polls
+    /// without a location.
+    pub located_by: &'static str,
+    /// taskscope's record of this `block_on` (spawned at a line of this
+    /// thread's stack), when the app links taskscope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instrumented: Option<InstrumentedTask>,
 }
 
 /// Everything found in one dump.
@@ -251,6 +277,8 @@ pub struct Report {
     pub tasks: Vec<TaskReport>,
     /// Futures driven by `block_on`, found on thread stacks.
     pub block_on: Vec<BlockOnReport>,
+    /// Tasks of taskscope's registry, when the app links taskscope.
+    pub instrumented: Vec<InstrumentedTask>,
     pub hazards: Vec<HazardReport>,
 }
 
@@ -265,6 +293,7 @@ impl Report {
             threads: Vec::new(),
             tasks: Vec::new(),
             block_on: Vec::new(),
+            instrumented: Vec::new(),
             hazards: Vec::new(),
         }
     }
@@ -279,6 +308,43 @@ impl Report {
         for t in &mut self.tasks {
             if let Some(h) = t.chain.leaf.as_ref().and_then(|l| l.joined_task_header) {
                 t.joined_task_id = by_header.get(&format!("{h:#x}")).copied();
+            }
+        }
+        // Merge taskscope's registry into the decoded tasks by tokio id.
+        let by_tokio_id: HashMap<u64, &InstrumentedTask> = self
+            .instrumented
+            .iter()
+            .filter_map(|i| Some((i.tokio_id?, i)))
+            .collect();
+        for t in &mut self.tasks {
+            if let Some(i) = t.id.and_then(|id| by_tokio_id.get(&id)) {
+                t.instrumented = Some((*i).clone());
+            }
+        }
+        // taskscope records a `block_on` future as spawned where the user
+        // called `block_on`: a line of the thread's stack identifies it.
+        let same_file = |a: &str, b: &str| {
+            let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+            long == short || long.ends_with(&format!("/{short}"))
+        };
+        for b in &mut self.block_on {
+            let Some(thread) = self.threads.iter().find(|t| t.tid == b.thread) else {
+                continue;
+            };
+            let on_stack = |at: &SourceLocation| {
+                thread.frames.iter().any(|f| {
+                    f.location
+                        .as_ref()
+                        .is_some_and(|l| l.line == at.line && same_file(&l.file, &at.file))
+                })
+            };
+            let found: Vec<&InstrumentedTask> = self
+                .instrumented
+                .iter()
+                .filter(|i| i.kind == "block_on" && i.spawned_at.as_ref().is_some_and(on_stack))
+                .collect();
+            if let [one] = found.as_slice() {
+                b.instrumented = Some((*one).clone());
             }
         }
         self.hazards = hazards(&self.tasks);
@@ -393,11 +459,51 @@ impl Report {
                 write_task_body(&mut out, t, "    ")?;
             }
         }
+        // Registry tasks not shown above (all of them when the binary has
+        // no DWARF): names, parents and statistics without a decoded chain.
+        let shown: std::collections::HashSet<u64> =
+            self.tasks.iter().filter_map(|t| t.id).collect();
+        let rest: Vec<&InstrumentedTask> = self
+            .instrumented
+            .iter()
+            .filter(|i| i.tokio_id.is_none_or(|id| !shown.contains(&id)))
+            .filter(|i| {
+                !self.block_on.iter().any(|b| {
+                    b.instrumented
+                        .as_ref()
+                        .is_some_and(|m| m.record == i.record)
+                })
+            })
+            .collect();
+        if !rest.is_empty() {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "Instrumented tasks ({}, from taskscope's registry)",
+                rest.len()
+            )?;
+            for i in rest {
+                writeln!(out, "  {}  {}  ({})", i.label(), i.state, i.kind)?;
+                write_instrumented(&mut out, i, "    ")?;
+            }
+        }
         if !self.block_on.is_empty() {
             writeln!(out)?;
             writeln!(out, "Block-on futures ({})", self.block_on.len())?;
             for b in &self.block_on {
                 writeln!(out, "  thread {}  block_on({})", b.thread, b.future_type)?;
+                if let Some(i) = &b.instrumented {
+                    writeln!(out, "    taskscope: {}  {}", i.label(), i.state)?;
+                    write_instrumented(&mut out, i, "    ")?;
+                }
+                if b.located_by == "frame-scan" {
+                    writeln!(
+                        out,
+                        "    (optimised build: DWARF has no location for the copy block_on polls; \
+                         found as the only suspended {} in its stack frame)",
+                        b.future_type
+                    )?;
+                }
                 write_chain(&mut out, &b.chain, "    ")?;
             }
         }
@@ -519,9 +625,30 @@ fn write_chain<W: Write>(out: &mut W, chain: &Chain, indent: &str) -> io::Result
     Ok(())
 }
 
+fn write_instrumented<W: Write>(out: &mut W, i: &InstrumentedTask, indent: &str) -> io::Result<()> {
+    if let Some(loc) = &i.spawned_at {
+        writeln!(out, "{indent}spawned at {loc}")?;
+    }
+    if let Some(p) = i.parent_line() {
+        writeln!(out, "{indent}{p}")?;
+    }
+    writeln!(out, "{indent}{}", i.stats_line())
+}
+
 fn write_task_body<W: Write>(out: &mut W, t: &TaskReport, indent: &str) -> io::Result<()> {
     if let Some(loc) = &t.spawned_at {
         writeln!(out, "{indent}spawned at {loc}")?;
+    }
+    if let Some(i) = &t.instrumented {
+        if t.spawned_at.is_none() {
+            if let Some(loc) = &i.spawned_at {
+                writeln!(out, "{indent}spawned at {loc}")?;
+            }
+        }
+        if let Some(p) = i.parent_line() {
+            writeln!(out, "{indent}{p}")?;
+        }
+        writeln!(out, "{indent}taskscope: {}", i.stats_line())?;
     }
     if t.stage.as_deref().is_some_and(|s| s != "running") {
         writeln!(
@@ -647,6 +774,21 @@ fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
                 format!("innermost future: {on} (returned Pending without storing cx.waker()?)"),
             ],
         });
+        // taskscope's registry, when linked in, counted the wakers too.
+        if let (Some(i), Some(h)) = (&t.instrumented, out.last_mut()) {
+            let live = i.waker_clones.saturating_sub(i.waker_drops);
+            h.evidence.push(format!(
+                "taskscope's registry counted {} waker clone(s) and {} drop(s) over {} poll(s): {}",
+                i.waker_clones,
+                i.waker_drops,
+                i.polls,
+                if live == 0 {
+                    "none alive, which agrees".to_string()
+                } else {
+                    format!("{live} unaccounted for (a clone outside tokio's count?)")
+                }
+            ));
+        }
     }
     // Parked on a resource only this task can reach (an Arc with one owner,
     // held by the waiting task itself).

@@ -162,6 +162,19 @@ fn check_report(
             .is_some(),
         "{text}"
     );
+    // The sleeper sleeps one day from about a second before READY: relative
+    // to the runtime's timer clock at the dump, it fires in just under 24 h.
+    let left = sleeper
+        .chain
+        .leaf
+        .as_ref()
+        .and_then(|l| l.deadline_in_secs)
+        .unwrap_or_else(|| panic!("sleep deadline not relative to the dump's time:\n{text}"));
+    assert!(
+        (86_400.0 - 600.0..=86_400.0).contains(&left),
+        "fires in {left}s:\n{text}"
+    );
+    assert!(text.contains("sleeping: fires in 23h 59m"), "{text}");
     expect_leaf("stuck::timing_out", "timeout", "mpsc-recv");
     expect_leaf("stuck::large_future", "large", "oneshot-recv");
     let joiner = expect_leaf("stuck::joiner", "join_handle", "join-handle");
@@ -201,6 +214,13 @@ fn check_report(
         .filter_map(|b| b.leaf.as_ref().map(|l| l.kind))
         .collect();
     assert_eq!(kinds, vec!["mpsc-recv", "sleep"], "{text}");
+    // The await inside the macro is reported at the user's `select!` line,
+    // not in tokio's macros/select.rs.
+    assert_eq!(line_of(sel[0]), Some(markers["select"]), "{text}");
+    assert!(
+        !text.contains("macros/select.rs") && !text.contains("macros/join.rs"),
+        "await points inside tokio's macros map to the user's line:\n{text}"
+    );
     // join!: the sleeper branch and the async block awaiting a oneshot.
     let join = task_by_fn(report, "stuck::joining");
     assert_eq!(join.len(), 1, "{text}");
@@ -210,6 +230,7 @@ fn check_report(
         .filter_map(|b| b.leaf.as_ref().map(|l| l.kind))
         .collect();
     assert_eq!(kinds, vec!["sleep", "oneshot-recv"], "{text}");
+    assert_eq!(line_of(join[0]), Some(markers["join"]), "{text}");
     let block = join[0].chain.frames[0].branches[1]
         .frames
         .iter()
@@ -255,14 +276,25 @@ fn run_case(case: Case) {
     // No --exe: the executable is found from the core's NT_FILE note.
     let report = taskscope_dump::analyze_core(&core, None).expect("analyze core");
     check_report(&report, &markers, flavor, spawn_locations);
-    // The block_on future is found on the main thread's stack (debug
-    // builds: in release, block_on is inlined and its locals live in
-    // location lists, which are not read yet).
-    if !release {
+    // The block_on future is found on the main thread's stack: in debug
+    // builds from `block_on`'s frame; in release ones, where block_on is
+    // partly inlined, from the location list entry of the inlined call's
+    // parameter at the CFI-unwound frame's pc.
+    {
         assert_eq!(
             report.block_on.len(),
             1,
             "block_on future: {:#?}",
+            report.block_on
+        );
+        assert_eq!(
+            report.block_on[0].located_by,
+            if release {
+                "frame-scan"
+            } else {
+                "dwarf-location"
+            },
+            "{:#?}",
             report.block_on
         );
         let main = &report.block_on[0].chain;

@@ -9,6 +9,17 @@
 
 use libfuzzer_sys::fuzz_target;
 
+struct NoMemory;
+
+impl taskscope_dump::MemorySource for NoMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), taskscope_dump::MemoryError> {
+        Err(taskscope_dump::MemoryError::Unmapped {
+            addr,
+            len: buf.len(),
+        })
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(dir) = std::env::temp_dir().canonicalize() else {
         return;
@@ -30,6 +41,17 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    // taskscope's registry header and DWARF location expressions are read
+    // from the dump as well.
+    let _ = taskscope_dump::registry::Layout::parse(data);
+    let regs = taskscope_dump::elf::Registers::default();
+    let frame = taskscope_dump::location::Frame {
+        regs: &regs,
+        cfa: Some(0x7fff_0000),
+        frame_base: data.get(..data.len().min(8)),
+        memory: &NoMemory,
+    };
+    let _ = frame.eval(data);
     let _ = taskscope_dump::analyze_core(&path, Some(&path));
     let _ = std::fs::remove_file(&path);
 });

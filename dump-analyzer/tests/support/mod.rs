@@ -112,6 +112,10 @@ pub fn run_until_ready(bin: &Path, args: &[&str]) -> Stuck {
     let stuck = Stuck { child };
     rx.recv_timeout(Duration::from_secs(60))
         .expect("fixture did not print READY within 60 s");
+    // The thread that printed READY still has to return to its executor
+    // and park (block_on's future is polled until its next await): give it
+    // a moment, or the core may catch it mid-poll.
+    std::thread::sleep(Duration::from_millis(300));
     stuck
 }
 
