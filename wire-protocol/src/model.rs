@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::histogram::Histogram;
 
 pub type TaskId = u64;
+
+/// Set in the [`TaskId`] of futures wrapped with `taskscope::instrument`
+/// (rather than tokio tasks seen through tracing), so both share one id space.
+pub const WRAPPED_ID_BIT: u64 = 1 << 62;
 pub type ResourceId = u64;
 pub type AsyncOpId = u64;
 pub type RuntimeId = u64;
@@ -194,6 +198,18 @@ impl Task {
         self.waker_clones as i64 - self.waker_drops as i64
     }
 
+    /// The id to show users: tokio's task id when known (what
+    /// `tokio::task::Id`, panics, `taskscope dump` and the debuggers print),
+    /// `w<n>` for a future wrapped with `taskscope::instrument`, else the
+    /// process-unique id.
+    pub fn display_id(&self) -> String {
+        match self.tokio_id {
+            Some(id) => id.to_string(),
+            None if self.id & WRAPPED_ID_BIT != 0 => format!("w{}", self.id & !WRAPPED_ID_BIT),
+            None => self.id.to_string(),
+        }
+    }
+
     /// The name to show: the task's name, else its kind and id.
     pub fn display_name(&self) -> String {
         match &self.name {
@@ -205,9 +221,22 @@ impl Task {
                 } else {
                     &self.kind
                 },
-                self.id
+                self.display_id()
             ),
         }
+    }
+
+    /// Time spent neither polled nor waiting to be polled, up to `now` or
+    /// completion: the total minus busy and scheduled time, as tokio-console
+    /// counts it (so a task parked for a minute shows a minute of idle time
+    /// even when no event about it arrived meanwhile).
+    pub fn idle_ns_at(&self, now: Timestamp) -> u64 {
+        if self.created_at.is_none() {
+            return self.idle_ns;
+        }
+        self.total_ns(now)
+            .saturating_sub(self.busy_ns)
+            .saturating_sub(self.scheduled_ns)
     }
 
     /// Total time since creation, up to `now` or completion.

@@ -353,3 +353,54 @@ mod tests {
         assert!(Catalogue.get("nope").is_none());
     }
 }
+
+/// The hazard reference page (`wire-protocol/docs/hazards.md`), rendered from
+/// the catalogue so the docs that reports link to never drift from the
+/// detectors' own advice. A test regenerates it and fails on any difference.
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "# taskscope hazard reference\n\n\
+         <!-- Generated from wire-protocol/src/hazards/catalogue.rs; \
+         regenerate with `TASKSCOPE_BLESS=1 cargo test -p taskscope-wire --test hazard_docs`. -->\n\n\
+         Every finding of `taskscope console`, `report`, `ci` and `dump` carries one of \
+         these ids. Thresholds are set in `taskscope.toml` (`[hazards]`) or with \
+         `taskscope::Builder::hazard_config`.\n\n\
+         | id | title | default severity | live | post-mortem | static |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let tick = |b: bool| if b { "yes" } else { "—" };
+    for info in catalogue() {
+        out.push_str(&format!(
+            "| [`{}`]({}) | {} | {} | {} | {} | {} |\n",
+            info.id,
+            info.doc_anchor,
+            info.title,
+            info.default_severity,
+            tick(info.detection.live),
+            tick(info.detection.post_mortem),
+            tick(info.detection.static_),
+        ));
+    }
+    for info in catalogue() {
+        out.push_str(&format!(
+            "\n## {}\n\n**{}** — default severity: {}.\n\n**Trigger.** {}\n\n**What to do.** {}\n",
+            info.id, info.title, info.default_severity, info.description, info.advice
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    #[test]
+    fn every_hazard_has_a_section_its_anchor_points_to() {
+        let page = reference_markdown();
+        for info in catalogue() {
+            assert_eq!(info.doc_anchor, format!("#{}", info.id));
+            assert!(page.contains(&format!("\n## {}\n", info.id)), "{}", info.id);
+            assert!(page.contains(info.advice));
+        }
+    }
+}

@@ -475,7 +475,11 @@ fn deadlock_cycles(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
         }
         let mut resources: Vec<ResourceId> = members
             .iter()
-            .flat_map(|&t| cx.edges_of(t, EdgeKind::Waits).map(|e| e.resource_id))
+            .flat_map(|&t| {
+                cx.edges_of(t, EdgeKind::Waits)
+                    .map(|e| e.resource_id)
+                    .filter(move |&r| !wait_through_parent(cx, t, r))
+            })
             .collect();
         resources.sort_unstable();
         resources.dedup();
@@ -488,9 +492,39 @@ fn deadlock_cycles(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
 }
 
 /// Whether every resource `task` waits on can only be freed by `members`.
+/// Whether `task`'s wait on `resource` is part of a wait on its parent
+/// resource that the task also has: tokio's `Mutex`/`RwLock` wait through
+/// an internal semaphore (a child resource nobody "holds"); the parent's
+/// holder decides, so the child wait is not a way out of a cycle. When the
+/// instrumentation does not know the parent, an `internal` resource's wait
+/// is taken as part of the task's wait on a public resource, if it has one
+/// (internal resources only exist inside public ones).
+fn wait_through_parent(cx: &Cx<'_>, task: TaskId, resource: ResourceId) -> bool {
+    let Some(r) = cx.state.resources.get(&resource) else {
+        return false;
+    };
+    match r.parent_id {
+        Some(p) => cx
+            .edges_of(task, EdgeKind::Waits)
+            .any(|e| e.resource_id == p),
+        None if r.internal => cx.edges_of(task, EdgeKind::Waits).any(|e| {
+            e.resource_id != resource
+                && cx
+                    .state
+                    .resources
+                    .get(&e.resource_id)
+                    .is_some_and(|o| !o.internal)
+        }),
+        None => false,
+    }
+}
+
 fn blocked_by(cx: &Cx<'_>, task: TaskId, members: &BTreeSet<TaskId>) -> bool {
     let mut waits = 0;
     for w in cx.edges_of(task, EdgeKind::Waits) {
+        if wait_through_parent(cx, task, w.resource_id) {
+            continue;
+        }
         waits += 1;
         if cx.resource_dropped(w.resource_id) {
             return false;
@@ -795,6 +829,47 @@ mod tests {
         let mut s = two_task_cycle();
         s.edges
             .retain(|e| !(e.task_id == 2 && e.kind == EdgeKind::Waits));
+        assert!(only(&s, "deadlock-cycle").is_empty());
+    }
+
+    #[test]
+    fn waits_through_a_mutex_internal_semaphore_do_not_escape() {
+        // tokio's Mutex waits through its internal semaphore, a child
+        // resource with no holder; the cycle is still a deadlock.
+        let mut s = two_task_cycle();
+        for (task, mutex_id, sem) in [(1, 11, 21), (2, 10, 20)] {
+            let mut r = mutex(sem);
+            r.concrete_type = "Semaphore".into();
+            r.internal = true;
+            r.parent_id = Some(mutex_id);
+            s.resources.insert(sem, r);
+            s.edges.push(edge(task, sem, EdgeKind::Waits, 3.0));
+        }
+        let found = only(&s, "deadlock-cycle");
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(
+            found[0].resource_ids,
+            [10, 11],
+            "child waits are not listed"
+        );
+        // Same without parent ids: internal resources are part of the
+        // public resource the task waits on.
+        let mut s = two_task_cycle();
+        for (task, sem) in [(1, 21), (2, 20)] {
+            let mut r = mutex(sem);
+            r.concrete_type = "Semaphore".into();
+            r.internal = true;
+            s.resources.insert(sem, r);
+            s.edges.push(edge(task, sem, EdgeKind::Waits, 3.0));
+        }
+        assert_eq!(only(&s, "deadlock-cycle").len(), 1);
+        // A child resource whose parent the task does not wait on still
+        // counts as a way out.
+        let mut s = two_task_cycle();
+        let mut r = mutex(30);
+        r.parent_id = Some(99);
+        s.resources.insert(30, r);
+        s.edges.push(edge(2, 30, EdgeKind::Waits, 3.0));
         assert!(only(&s, "deadlock-cycle").is_empty());
     }
 

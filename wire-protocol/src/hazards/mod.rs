@@ -72,7 +72,7 @@ use crate::model::{
     EdgeKind, Hazard, Location, ResourceId, Severity, State, Task, TaskId, Timestamp, WaitEdge,
 };
 
-mod catalogue;
+pub mod catalogue;
 pub mod growth;
 pub mod lifecycle;
 pub mod locks;

@@ -24,7 +24,10 @@
 //! Then the wait edges decide:
 //!
 //! * no `Waits` edge → **`lost-waker`**: the task returned `Pending` and
-//!   nothing holds its waker;
+//!   nothing holds its waker; except when the waker was cloned and the
+//!   task was never woken (`wakes == 0`): then every clone was dropped
+//!   without a wake, by something untracked (a hand-written registry) →
+//!   **`waker-dropped-unwoken`**;
 //! * `Waits` edges, every one of them on a resource that has been dropped →
 //!   **`waker-dropped-unwoken`** (when the waker was cloned at least once):
 //!   the resource took the waker and went away without waking it;
@@ -181,7 +184,13 @@ fn classify(cx: &Cx<'_>, task: &Task, idle_ns: u64) -> Verdict {
         }
     }
     if waits == 0 {
-        Verdict::Lost
+        // Cloned, never woken, every clone dropped: each clone was dropped
+        // without a wake (by whatever untracked thing held it).
+        if task.waker_clones > 0 && task.wakes == 0 {
+            Verdict::DroppedUnwoken
+        } else {
+            Verdict::Lost
+        }
     } else if on_dropped == waits && task.waker_clones > 0 {
         Verdict::DroppedUnwoken
     } else {
@@ -248,15 +257,26 @@ fn report_dropped(cx: &Cx<'_>, task: &Task, idle_ns: u64, out: &mut Vec<Hazard>)
             names.push(format!("{} #{}", r.concrete_type, r.id));
         }
     }
-    h.summary = format!(
-        "task {} is pending on {} which was dropped with its waker, without a wake",
-        describe(task),
-        if names.is_empty() {
-            "a resource".to_string()
-        } else {
+    h.summary = if names.is_empty() {
+        h.evidence.push(format!(
+            "never woken (wakes: 0), yet its waker was cloned {} time(s) and every clone was dropped",
+            task.waker_clones
+        ));
+        h.evidence.push(
+            "no wait edge on any tracked resource: the holder was a hand-written future, registry or callback list"
+                .into(),
+        );
+        format!(
+            "task {} stored its waker, then every copy was dropped without a wake: it can never be woken",
+            describe(task)
+        )
+    } else {
+        format!(
+            "task {} is pending on {} which was dropped with its waker, without a wake",
+            describe(task),
             names.join(", ")
-        }
-    );
+        )
+    };
     f.push(out);
 }
 
@@ -421,6 +441,34 @@ mod tests {
         s.dropped.task_events = 0;
         s.process.as_mut().expect("process").sources = vec!["hooks".into()];
         assert!(run(&s).is_empty());
+    }
+
+    #[test]
+    fn cloned_never_woken_and_all_dropped_is_dropped_unwoken() {
+        // A hand-written registry stored the waker, then was cleared.
+        let mut s = state();
+        let mut t = idle_task(1, 5.0);
+        t.polls = 1;
+        t.wakes = 0;
+        t.waker_clones = 1;
+        t.waker_drops = 1;
+        add(&mut s, t);
+        let found = run(&s);
+        assert_eq!(kinds(&found), ["waker-dropped-unwoken"]);
+        assert!(
+            found[0].summary.contains("every copy was dropped"),
+            "{}",
+            found[0].summary
+        );
+        // twin: woken before, so some drop may be a wake: stays lost-waker
+        s.tasks.get_mut(&1).expect("t").wakes = 1;
+        assert_eq!(kinds(&run(&s)), ["lost-waker"]);
+        // never cloned: lost-waker
+        let t = s.tasks.get_mut(&1).expect("t");
+        t.wakes = 0;
+        t.waker_clones = 0;
+        t.waker_drops = 0;
+        assert_eq!(kinds(&run(&s)), ["lost-waker"]);
     }
 
     #[test]
