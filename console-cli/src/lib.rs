@@ -16,8 +16,10 @@ use clap::{Parser, Subcommand};
 
 pub mod client;
 pub mod commands;
+pub mod console;
 pub mod demo_app;
 pub mod output;
+pub mod report;
 
 /// Async task diagnostics: live console, snapshots, crash dumps, CI hazard reports.
 #[derive(Debug, Parser)]
@@ -32,11 +34,27 @@ pub enum Command {
     /// Print the current tasks of a live target (taskscope or console-subscriber app).
     #[command(long_about = commands::snapshot::LONG_ABOUT)]
     Snapshot(commands::snapshot::SnapshotArgs),
+    /// Interactive console on a live target or a recording: tasks, backtraces, resources, hazards, replay.
+    #[command(long_about = commands::console::LONG_ABOUT)]
+    Console(commands::console::ConsoleArgs),
     /// Run the embedded demo app (real hazards inside) and watch it.
     #[command(long_about = commands::demo::LONG_ABOUT)]
     Demo(commands::demo::DemoArgs),
     /// Reconstruct runtimes, threads and every task's await chain from an ELF core or a live pid.
     Dump(commands::dump::DumpArgs),
+    /// Report the hazards of a recording, live target or core as SARIF, JUnit, Markdown or JSON.
+    #[command(long_about = commands::report::LONG_ABOUT)]
+    Report(commands::report::ReportArgs),
+    /// Run a command with recording on, then report hazards over all recordings (CI gate).
+    #[command(long_about = commands::ci::LONG_ABOUT)]
+    Ci(commands::ci::CiArgs),
+    /// Print the lines that load taskscope's gdb commands (info async-tasks, async-bt, async-hazards).
+    GdbInit(commands::debugger::InitArgs),
+    /// Print the lines that load taskscope's lldb-19 commands (async tasks, async bt, async hazards).
+    LldbInit(commands::debugger::InitArgs),
+    /// Serve a gdb/lldb front end on stdin/stdout (run by the debugger scripts).
+    #[command(hide = true)]
+    DebuggerServe,
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -44,8 +62,18 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Snapshot(args) => commands::snapshot::run(args),
+        Command::Console(args) => commands::console::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Dump(args) => commands::dump::run(args),
+        Command::Report(args) => commands::report::run(args),
+        Command::Ci(args) => commands::ci::run(args),
+        Command::GdbInit(args) => {
+            commands::debugger::run_init(commands::debugger::Debugger::Gdb, args)
+        }
+        Command::LldbInit(args) => {
+            commands::debugger::run_init(commands::debugger::Debugger::Lldb, args)
+        }
+        Command::DebuggerServe => commands::debugger::run_serve(),
     };
     match result {
         Ok(code) => code,

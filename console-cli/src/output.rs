@@ -34,7 +34,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
-use taskscope_wire::model::{self, Task, TaskState};
+use taskscope_wire::model::{self, Task, TaskState, Timestamp};
 
 use crate::client::Snapshot;
 
@@ -268,7 +268,7 @@ pub fn write_snapshot_text(w: &mut impl Write, snapshot: &Snapshot) -> io::Resul
                 .task_ids
                 .iter()
                 .map(|id| match state.tasks.get(id) {
-                    Some(t) => format!("{} ({id})", t.display_name()),
+                    Some(t) => format!("{} ({})", t.display_name(), t.display_id()),
                     None => format!("task {id}"),
                 })
                 .collect();
@@ -309,6 +309,7 @@ pub fn write_snapshot_text(w: &mut impl Write, snapshot: &Snapshot) -> io::Resul
         ("WAKES/SELF", Align::Right),
         ("LOCATION", Align::Left),
     ]);
+    let now = state.updated_at.unwrap_or(Timestamp(0));
     for t in tasks {
         let cells = vec![
             t.id.to_string(),
@@ -318,7 +319,7 @@ pub fn write_snapshot_text(w: &mut impl Write, snapshot: &Snapshot) -> io::Resul
             t.polls.to_string(),
             duration(t.busy_ns),
             duration(t.scheduled_ns),
-            duration(t.idle_ns),
+            duration(t.idle_ns_at(now)),
             wakers(t),
             format!("{}/{}", t.wakes, t.self_wakes),
             opt_location(&t.location),
@@ -549,7 +550,7 @@ pid 4242 (/srv/orders) at http://127.0.0.1:6669 via taskscope.v1 — 4 tasks (3 
 
 HAZARDS
   error   lost-waker: task is pending and nobody holds its waker
-          tasks: order-consumer-with-a-long-name (7)
+          tasks: order-consumer-with-a-long-name (107)
           at src/main.rs:40:5
           parked at src/orders.rs:30
           - 0 live wakers

@@ -1,18 +1,22 @@
 //! `taskscope demo`: run the embedded demo app ([`crate::demo_app`]) and
 //! watch it.
 //!
-//! The demo serves taskscope on `--bind`; this command then takes a snapshot
-//! of it every second through the same client `taskscope snapshot` uses
-//! (real gRPC on loopback) and prints it, until `--duration` runs out or
-//! Ctrl-C. While it runs, any other client can attach too.
+//! The demo serves taskscope on `--bind`. When stdout is a terminal, this
+//! command opens the console ([`crate::console`]) on it, over real gRPC on
+//! loopback. Otherwise (piped, or with `--print`) it takes a snapshot every
+//! second through the same client `taskscope snapshot` uses and prints it,
+//! until `--duration` runs out or Ctrl-C. While it runs, any other client
+//! can attach too.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::client::{self, ClientOptions, Target};
+use crate::console::{self, ConsoleOptions, Source};
 use crate::demo_app::DemoApp;
 use crate::output::{self, Format};
 
@@ -26,12 +30,15 @@ other's Mutex, a task whose poll blocks its thread for 200 ms, a future that
 loses its waker, and futures/tasks cancelled mid-way by a timeout and by abort.
 
 It listens on --bind (default 127.0.0.1:6669) for taskscope and tokio-console
-clients, and prints a snapshot every second (text, or one JSON document per
-line with --format json, same schema as `taskscope snapshot --format json`).";
+clients. In a terminal it opens `taskscope console` on itself; with --print, or
+when stdout is not a terminal, it prints a snapshot every second instead (text,
+or one JSON document per line with --format json, same schema as
+`taskscope snapshot --format json`).";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
-  taskscope demo                       # run until Ctrl-C
+  taskscope demo                       # open the console on the demo (q quits)
+  taskscope demo --print               # print snapshots until Ctrl-C
   taskscope demo --bind 127.0.0.1:0    # any free port (printed at start)
   taskscope demo --duration 5 --format json | jq -c '.state.hazards[].kind'
 
@@ -47,7 +54,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6669")]
     pub bind: String,
 
-    /// Stop after this many seconds (default: run until Ctrl-C).
+    /// Stop after this many seconds (default: run until Ctrl-C; the console
+    /// runs until you quit it).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
 
@@ -58,6 +66,11 @@ pub struct DemoArgs {
     /// Seconds between snapshots.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub interval: f64,
+
+    /// Print snapshots instead of opening the console (the default when
+    /// stdout is not a terminal).
+    #[arg(long)]
+    pub print: bool,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -82,6 +95,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("starting the demo on {}", args.bind))?;
     let addr = app.local_addr();
     let target: Target = addr.to_string().parse()?;
+    if !args.print && std::io::stdout().is_terminal() {
+        let result = console::run(ConsoleOptions {
+            source: Source::Live(target),
+            client: ClientOptions::default(),
+            dot_dir: PathBuf::from("."),
+        });
+        app.stop();
+        return result.map(|()| ExitCode::SUCCESS);
+    }
     let stop_hint = match duration {
         Some(d) => format!("stopping after {}s", d.as_secs_f64()),
         None => "press Ctrl-C to stop".to_string(),
