@@ -263,9 +263,9 @@ fn other_clients_can_attach_and_see_cancelled_work() {
     );
 }
 
-/// Server-side findings and span backtraces over taskscope.v1: needs the
-/// instrument crate's hazard detectors and backtrace capture, which are not
-/// wired into its publisher yet.
+/// Server-side findings and span backtraces over taskscope.v1: the demo's
+/// snapshot carries the target's own hazards and each task's logical
+/// backtrace from its `#[tracing::instrument]` spans.
 #[test]
 fn taskscope_v1_snapshots_carry_hazards_and_backtraces() {
     let out = support::taskscope(&[

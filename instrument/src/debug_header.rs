@@ -212,6 +212,8 @@ mod tests {
                 parent_id: 0,
                 future_size: None,
                 original_future_size: None,
+                runtime_id: 0,
+                extra_fields: None,
             },
         ));
         assert_eq!(
@@ -235,6 +237,8 @@ mod tests {
                 parent_id: 0,
                 future_size: None,
                 original_future_size: None,
+                runtime_id: 0,
+                extra_fields: None,
             },
         ));
         crate::task::registry().insert(cell.clone());

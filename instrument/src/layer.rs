@@ -11,9 +11,17 @@
 //! layers of the stack.
 //!
 //! # Hot paths
-//! Poll start/end (span enter/exit) and waker events look up the span's
-//! extension (an `Arc<TaskCell>` stored at spawn) and do a few relaxed
-//! atomic operations on it; nothing allocates or takes a shared lock.
+//! Poll start/end (span enter/exit) and waker events find the task's
+//! [`TaskCell`] in [`crate::span_table`] (one probe of a sharded map; the
+//! layer stores nothing in the registry's span extensions) and do a few
+//! relaxed atomic operations on it; nothing allocates. The task being
+//! polled is kept per thread, so a poll's end, and the waker clones and
+//! self-wakes inside it, need no lookup at all. Events inside resource
+//! spans (`state_update`, `poll_op`) find their span through a per-thread
+//! stack of entered span ids instead of the registry; callsites are
+//! classified once per thread, and timer callsites (`Sleep` comes and goes
+//! at the rate tasks sleep and is not tracked) are recognised by address.
+//! Runtime identity is read once per spawn (see [`crate::runtime`]).
 //!
 //! # What tokio's spans do not say
 //! tokio does not report whether the final poll returned `Ready`. Since
@@ -40,6 +48,7 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use crate::backtrace::SpanNode;
 use crate::clock;
 use crate::resource::{resources, AsyncOpCell, AttrOp, AttrValue, ResourceCell};
+use crate::span_table::{self, SpanEntry};
 use crate::task::{intern_file, registry, state, PollRecord, Source, TaskCell, TaskIdentity};
 
 /// What a callsite is to taskscope.
@@ -65,10 +74,23 @@ const IGNORED_TARGETS: &[&str] = &[
     "tonic",
     "tower",
     "taskscope",
+    "taskscope_wire",
     "mio",
     "want",
     "console",
 ];
+
+/// Targets whose spans are libraries' internals, not a user's logical
+/// frames: the crates of [`IGNORED_TARGETS`], their modules, and crates
+/// named after them (`tokio_util`, `hyper_util`; but `taskscope_*` other
+/// than `taskscope_wire` are users' crates, e.g. taskscope's own demo app).
+fn ignored_target(t: &str) -> bool {
+    IGNORED_TARGETS.iter().any(|p| {
+        t.strip_prefix(p).is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with(':') || (rest.starts_with('_') && *p != "taskscope")
+        })
+    })
+}
 
 fn classify(meta: &Metadata<'_>) -> Kind {
     if meta.is_span() {
@@ -78,13 +100,7 @@ fn classify(meta: &Metadata<'_>) -> Kind {
             "runtime.resource.async_op" => Kind::AsyncOp,
             "runtime.resource.async_op.poll" => Kind::AsyncOpPoll,
             _ => {
-                let t = meta.target();
-                let ignored = IGNORED_TARGETS.iter().any(|p| {
-                    t.starts_with(p)
-                        && (t.len() == p.len()
-                            || t[p.len()..].starts_with(':')
-                            || t[p.len()..].starts_with('_'))
-                });
+                let ignored = ignored_target(meta.target());
                 if *meta.level() <= Level::DEBUG && !ignored {
                     Kind::User
                 } else {
@@ -110,14 +126,6 @@ pub fn interesting_callsite(meta: &Metadata<'_>) -> bool {
     classify(meta) != Kind::None
 }
 
-/// What taskscope stores in a span's extensions.
-enum SpanData {
-    Task(Arc<TaskCell>),
-    Resource(Arc<ResourceCell>),
-    AsyncOp(Arc<AsyncOpCell>),
-    User(Arc<TaskCell>),
-}
-
 // ---- per-thread context, shared with the future wrapper ----
 
 thread_local! {
@@ -130,6 +138,18 @@ thread_local! {
     static PREV_EXIT: Cell<u64> = const { Cell::new(0) };
     /// (task id, start of its previous poll) saved at the last task enter.
     static ENTERED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    /// Ids of the spans entered on this thread, innermost last: the
+    /// registry's current span without a registry lookup.
+    static SPAN_STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The span a contextual event on this thread belongs to.
+#[inline]
+fn current_span_id() -> Option<u64> {
+    SPAN_STACK
+        .try_with(|s| s.borrow().last().copied())
+        .ok()
+        .flatten()
 }
 
 pub(crate) fn ignore_this_thread() {
@@ -199,9 +219,90 @@ fn exited(cell: &TaskCell) {
     });
 }
 
+/// A task's span closed: decide how the task ended (see the module docs).
+fn task_closed(cell: &TaskCell, now: u64) {
+    let last = LAST_EXIT.try_with(|l| l.get()).ok().flatten();
+    let prev = PREV_EXIT.try_with(|p| p.get()).unwrap_or(0);
+    let mut verdict = state::CANCELLED;
+    if let Some((last_id, rec)) = last {
+        if last_id == cell.id {
+            // The enter/exit pair of `Instrumented`'s drop.
+            cell.unpoll(&rec);
+            let _ = LAST_EXIT.try_with(|l| l.set(None));
+            // tokio drops a finished future right after the
+            // poll that returned `Ready`, in the same call; an
+            // aborted one later, from another scheduler run.
+            let gap = rec.started.saturating_sub(rec.prev_ended);
+            if prev == cell.id && gap < READY_DROP_GAP_NS {
+                verdict = state::COMPLETED;
+            }
+        }
+    }
+    cell.finish(verdict, now);
+}
+
 /// Longest time between a poll's end and the drop of its future for the
 /// task to count as completed (see the module docs).
 const READY_DROP_GAP_NS: u64 = 1_000_000;
+
+/// Resource-span callsites that create timers, remembered so that the
+/// next `Sleep` costs a pointer comparison instead of visiting its fields
+/// (tokio's timer spans name `kind = "timer"` as a literal, so a callsite
+/// that made one timer makes only timers).
+struct CallsiteSet {
+    slots: [std::sync::atomic::AtomicUsize; 8],
+}
+
+impl CallsiteSet {
+    fn key(meta: &Metadata<'_>) -> usize {
+        meta as *const Metadata<'_> as usize
+    }
+
+    #[inline]
+    fn contains(&self, meta: &Metadata<'_>) -> bool {
+        let k = Self::key(meta);
+        self.slots.iter().any(|s| s.load(Relaxed) == k)
+    }
+
+    fn add(&self, meta: &Metadata<'_>) {
+        let k = Self::key(meta);
+        for s in &self.slots {
+            match s.compare_exchange(0, k, Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(cur) if cur == k => return,
+                Err(_) => {}
+            }
+        }
+        // Full: such callsites are just not cached.
+    }
+}
+
+static TIMER_CALLSITES: CallsiteSet = CallsiteSet {
+    slots: [const { std::sync::atomic::AtomicUsize::new(0) }; 8],
+};
+
+/// [`classify`] with a per-thread cache keyed by the callsite's address:
+/// spans and events are created far more often than callsites exist.
+#[inline]
+fn classify_cached(meta: &'static Metadata<'static>) -> Kind {
+    thread_local! {
+        static CACHE: RefCell<[(usize, Kind); 64]> =
+            const { RefCell::new([(0, Kind::None); 64]) };
+    }
+    let k = meta as *const Metadata<'static> as usize;
+    let slot = (k >> 4) % 64;
+    CACHE
+        .try_with(|c| {
+            let mut c = c.borrow_mut();
+            if c[slot].0 == k {
+                return c[slot].1;
+            }
+            let kind = classify(meta);
+            c[slot] = (k, kind);
+            kind
+        })
+        .unwrap_or_else(|_| classify(meta))
+}
 
 /// The tracing layer. Build one with [`crate::Builder::build`], or let
 /// [`crate::init`] install it.
@@ -256,6 +357,8 @@ struct TaskFields {
     file: Option<Arc<str>>,
     line: u32,
     col: u32,
+    /// Fields tokio does not set (allocated only when there are some).
+    extra: Vec<(&'static str, Box<str>)>,
 }
 
 fn static_kind(s: &str) -> &'static str {
@@ -283,15 +386,25 @@ impl Visit for TaskFields {
                     self.name = Some(s);
                 }
             }
-            _ => {}
+            "task.id"
+            | "size.bytes"
+            | "original_size.bytes"
+            | "loc.line"
+            | "loc.col"
+            | "loc.file" => {}
+            other => self.extra.push((other, format!("{value:?}").into())),
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
             "loc.file" => self.file = Some(intern_file(value)),
             "kind" => self.kind = Some(static_kind(value)),
-            "task.name" if !value.is_empty() => self.name = Some(value.to_string()),
-            _ => {}
+            "task.name" => {
+                if !value.is_empty() {
+                    self.name = Some(value.to_string())
+                }
+            }
+            other => self.extra.push((other, value.into())),
         }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -301,11 +414,14 @@ impl Visit for TaskFields {
             "original_size.bytes" => self.original_size = Some(value),
             "loc.line" => self.line = value as u32,
             "loc.col" => self.col = value as u32,
-            _ => {}
+            other => self.extra.push((other, value.to_string().into())),
         }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record_u64(field, value.max(0) as u64)
+        match u64::try_from(value) {
+            Ok(v) => self.record_u64(field, v),
+            Err(_) => self.extra.push((field.name(), value.to_string().into())),
+        }
     }
 }
 
@@ -472,13 +588,15 @@ impl Visit for WakerFields {
 #[derive(Default)]
 struct PollOpFields {
     ready: Option<bool>,
+    /// Whether to read `op_name` (only when the op starts being tracked).
+    want_name: bool,
     op_name: Option<Arc<str>>,
 }
 
 impl Visit for PollOpFields {
     fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "op_name" {
+        if self.want_name && field.name() == "op_name" {
             self.op_name = Some(intern_file(value));
         }
     }
@@ -505,10 +623,7 @@ where
 }
 
 impl TaskscopeLayer {
-    fn new_task<S>(&self, attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>)
-    where
-        S: Subscriber + for<'l> LookupSpan<'l>,
-    {
+    fn new_task(&self, attrs: &Attributes<'_>, id: &Id) {
         let mut f = TaskFields::default();
         attrs.record(&mut f);
         let parent = current_task();
@@ -525,19 +640,23 @@ impl TaskscopeLayer {
                 parent_id: parent,
                 future_size: f.size,
                 original_future_size: f.original_size,
+                runtime_id: crate::runtime::current_runtime_id(),
+                extra_fields: (!f.extra.is_empty()).then(|| f.extra.into_boxed_slice()),
             },
         ));
         registry().insert(cell.clone());
         crate::publish::note_source(crate::publish::SOURCE_TRACING);
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(SpanData::Task(cell));
-        }
+        span_table::insert(id.into_u64(), SpanEntry::Task(cell));
     }
 
     fn new_resource<S>(&self, attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>)
     where
         S: Subscriber + for<'l> LookupSpan<'l>,
     {
+        let meta = attrs.metadata();
+        if TIMER_CALLSITES.contains(meta) {
+            return;
+        }
         let mut f = ResourceFields::default();
         attrs.record(&mut f);
         if f.kind
@@ -546,12 +665,13 @@ impl TaskscopeLayer {
         {
             // Timers (`Sleep`) come and go at the rate tasks sleep; a
             // sleeping task shows as idle. Not tracked as resources.
+            TIMER_CALLSITES.add(meta);
             return;
         }
         let parent_id = parent_span(attrs, ctx).and_then(|p| {
             p.scope()
-                .find_map(|s| match s.extensions().get::<SpanData>() {
-                    Some(SpanData::Resource(r)) => Some(r.id),
+                .find_map(|s| match span_table::get(s.id().into_u64()) {
+                    Some(SpanEntry::Resource(r)) => Some(r.id),
                     _ => None,
                 })
         });
@@ -571,9 +691,7 @@ impl TaskscopeLayer {
             holder: Default::default(),
         });
         resources().resources.insert(cell.clone());
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(SpanData::Resource(cell));
-        }
+        span_table::insert(id.into_u64(), SpanEntry::Resource(cell));
     }
 
     /// An async op is tracked from its first `Pending` poll: the many that
@@ -583,37 +701,53 @@ impl TaskscopeLayer {
     where
         S: Subscriber + for<'l> LookupSpan<'l>,
     {
-        let Some(scope) = ctx.event_scope(event) else {
-            return;
-        };
         let mut f = PollOpFields::default();
         event.record(&mut f);
         let ready = f.ready.unwrap_or(false);
+        let Some(current) = event_span_id(event).and_then(|id| ctx.span(&Id::from_u64(id))) else {
+            return;
+        };
+        // tokio emits the event inside the op's `async_op.poll` span, a
+        // child of the `async_op` span: found without walking the scope.
+        let op_id = match current.metadata().name() {
+            "runtime.resource.async_op.poll" => current.parent().map(|p| p.id()),
+            "runtime.resource.async_op" => Some(current.id()),
+            _ => None,
+        };
+        let Some(op_id) = op_id else { return };
         let task = current_task();
-        let mut op_span = None;
-        let mut resource = None;
-        for span in scope {
-            if op_span.is_none() {
-                if span.metadata().name() == "runtime.resource.async_op" {
-                    if let Some(SpanData::AsyncOp(op)) = span.extensions().get::<SpanData>() {
-                        op.polled(task, ready);
-                        return;
-                    }
-                    op_span = Some(span);
-                }
-                continue;
+        let tracked = span_table::with(op_id.into_u64(), |e| match e {
+            SpanEntry::AsyncOp(op) => {
+                op.polled(task, ready);
+                true
             }
-            if let Some(SpanData::Resource(r)) = span.extensions().get::<SpanData>() {
-                resource = Some(r.id);
+            _ => false,
+        });
+        if tracked == Some(true) || ready {
+            return;
+        }
+        // First `Pending` poll: find the resource the op belongs to.
+        let Some(op_span) = ctx.span(&op_id) else {
+            return;
+        };
+        let mut resource_id = None;
+        for s in op_span.scope().skip(1) {
+            // (A poll-op callsite cannot be remembered as "timers only":
+            // tokio's generic `InstrumentedAsyncOp` shares one callsite
+            // between `Interval::tick` and `Mutex::lock`.)
+            if TIMER_CALLSITES.contains(s.metadata()) {
+                return;
+            }
+            if let Some(SpanEntry::Resource(r)) = span_table::get(s.id().into_u64()) {
+                resource_id = Some(r.id);
                 break;
             }
         }
-        let (Some(op_span), Some(resource_id)) = (op_span, resource) else {
+        let Some(resource_id) = resource_id else {
             return;
         };
-        if ready {
-            return;
-        }
+        f.want_name = true;
+        event.record(&mut f);
         let cell = Arc::new(AsyncOpCell {
             id: op_span.id().into_u64(),
             created_at: clock::now_ns(),
@@ -630,7 +764,7 @@ impl TaskscopeLayer {
         });
         cell.polled(task, false);
         resources().async_ops.insert(cell.clone());
-        op_span.extensions_mut().insert(SpanData::AsyncOp(cell));
+        span_table::insert(cell.id, SpanEntry::AsyncOp(cell));
     }
 
     fn new_user_span<S>(&self, attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>)
@@ -643,9 +777,9 @@ impl TaskscopeLayer {
         // The nearest enclosing task or user span.
         let found = parent
             .scope()
-            .find_map(|s| match s.extensions().get::<SpanData>() {
-                Some(SpanData::Task(t)) => Some((t.clone(), 0)),
-                Some(SpanData::User(t)) => Some((t.clone(), s.id().into_u64())),
+            .find_map(|s| match span_table::get(s.id().into_u64()) {
+                Some(SpanEntry::Task(t)) => Some((t, 0)),
+                Some(SpanEntry::User(t)) => Some((t, s.id().into_u64())),
                 _ => None,
             });
         let Some((task, parent_id)) = found else {
@@ -672,15 +806,10 @@ impl TaskscopeLayer {
             last_entered: 0,
         });
         task.dirty.store(true, Relaxed);
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(SpanData::User(task));
-        }
+        span_table::insert(id.into_u64(), SpanEntry::User(task));
     }
 
-    fn on_waker_event<S>(&self, event: &Event<'_>, ctx: &Context<'_, S>)
-    where
-        S: Subscriber + for<'l> LookupSpan<'l>,
-    {
+    fn on_waker_event(&self, event: &Event<'_>) {
         let mut f = WakerFields::default();
         event.record(&mut f);
         if f.op == 0 || f.task == 0 {
@@ -695,42 +824,46 @@ impl TaskscopeLayer {
         if with_current(f.task, |cell| apply(cell, true)).is_some() {
             return;
         }
-        let Some(span) = ctx.span(&Id::from_u64(f.task)) else {
-            return;
-        };
-        let ext = span.extensions();
-        let Some(SpanData::Task(cell)) = ext.get::<SpanData>() else {
-            return;
-        };
-        apply(cell, false);
+        span_table::with(f.task, |e| {
+            if let SpanEntry::Task(cell) = e {
+                apply(cell, false);
+            }
+        });
     }
 
-    fn on_resource_event<S>(&self, kind: Kind, event: &Event<'_>, ctx: &Context<'_, S>)
-    where
-        S: Subscriber + for<'l> LookupSpan<'l>,
-    {
-        let Some(scope) = ctx.event_scope(event) else {
+    fn on_resource_event(&self, kind: Kind, event: &Event<'_>) {
+        let Some(current) = event_span_id(event) else {
             return;
         };
-        for span in scope {
-            let ext = span.extensions();
-            match (kind, ext.get::<SpanData>()) {
-                (Kind::OpStateUpdate, Some(SpanData::AsyncOp(op))) => {
-                    let mut f = StateFields::new();
-                    event.record(&mut f);
-                    f.each(|n, v, o| op.update(n, v, o));
-                    return;
-                }
-                (Kind::StateUpdate, Some(SpanData::Resource(r))) => {
-                    let mut f = StateFields::new();
-                    event.record(&mut f);
-                    let task = current_task();
-                    f.each(|n, v, o| r.update(n, v, o, task));
-                    return;
-                }
-                _ => {}
+        // tokio emits state updates inside the resource's (or op's) own
+        // span; one not in the table (a timer, an op that never pended)
+        // is not tracked, and nothing further up the scope can be its.
+        span_table::with(current, |e| match (kind, e) {
+            (Kind::OpStateUpdate, SpanEntry::AsyncOp(op)) => {
+                let mut f = StateFields::new();
+                event.record(&mut f);
+                f.each(|n, v, o| op.update(n, v, o));
             }
-        }
+            (Kind::StateUpdate, SpanEntry::Resource(r)) => {
+                let mut f = StateFields::new();
+                event.record(&mut f);
+                let task = current_task();
+                f.each(|n, v, o| r.update(n, v, o, task));
+            }
+            _ => {}
+        });
+    }
+}
+
+/// The id of the span an event belongs to (its explicit parent or the
+/// current one).
+fn event_span_id(event: &Event<'_>) -> Option<u64> {
+    if let Some(p) = event.parent() {
+        Some(p.into_u64())
+    } else if event.is_contextual() {
+        current_span_id()
+    } else {
+        None
     }
 }
 
@@ -752,8 +885,8 @@ where
         if !crate::publish::is_running() || ignored() {
             return;
         }
-        match classify(attrs.metadata()) {
-            Kind::Task => self.new_task(attrs, id, &ctx),
+        match classify_cached(attrs.metadata()) {
+            Kind::Task => self.new_task(attrs, id),
             Kind::Resource => self.new_resource(attrs, id, &ctx),
             Kind::User => self.new_user_span(attrs, id, &ctx),
             _ => {}
@@ -761,87 +894,99 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        match classify(event.metadata()) {
-            Kind::Waker => self.on_waker_event(event, &ctx),
+        match classify_cached(event.metadata()) {
+            Kind::Waker => self.on_waker_event(event),
             Kind::PollOp if !ignored() => self.poll_op(event, &ctx),
             k @ (Kind::StateUpdate | Kind::OpStateUpdate) if !ignored() => {
-                self.on_resource_event(k, event, &ctx)
+                self.on_resource_event(k, event)
             }
             _ => {}
         }
     }
 
-    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let ext = span.extensions();
-        match ext.get::<SpanData>() {
-            Some(SpanData::Task(cell)) => {
+    fn on_enter(&self, id: &Id, _ctx: Context<'_, S>) {
+        let _ = SPAN_STACK.try_with(|s| s.borrow_mut().push(id.into_u64()));
+        span_table::with(id.into_u64(), |e| match e {
+            SpanEntry::Task(cell) => {
                 let (prev_started, _) = cell.poll_started(clock::now_ns());
                 let _ = ENTERED.try_with(|e| e.set((cell.id, prev_started)));
                 push_current(cell);
             }
-            Some(SpanData::User(task)) => task.spans.entered(id.into_u64()),
-            _ => {}
-        }
+            SpanEntry::User(task) => task.spans.entered(id.into_u64()),
+            SpanEntry::Resource(_) | SpanEntry::AsyncOp(_) => {}
+        });
     }
 
-    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        // The task entered last on this thread needs no span lookup.
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        let _ = SPAN_STACK.try_with(|s| {
+            let mut s = s.borrow_mut();
+            let id = id.into_u64();
+            if s.last() == Some(&id) {
+                s.pop();
+            } else if let Some(i) = s.iter().rposition(|x| *x == id) {
+                s.remove(i);
+            }
+        });
+        // The task entered last on this thread needs no lookup.
         if let Some(cell) = pop_current(id.into_u64()) {
             exited(&cell);
             return;
         }
-        let Some(span) = ctx.span(id) else { return };
-        let ext = span.extensions();
-        if let Some(SpanData::Task(cell)) = ext.get::<SpanData>() {
-            exited(cell);
-        }
+        span_table::with(id.into_u64(), |e| {
+            if let SpanEntry::Task(cell) = e {
+                exited(cell);
+            }
+        });
     }
 
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(&id) else { return };
-        let ext = span.extensions();
+    fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
+        let Some(entry) = span_table::remove(id.into_u64()) else {
+            return;
+        };
         let now = clock::now_ns();
-        match ext.get::<SpanData>() {
-            Some(SpanData::Task(cell)) => {
-                let last = LAST_EXIT.try_with(|l| l.get()).ok().flatten();
-                let prev = PREV_EXIT.try_with(|p| p.get()).unwrap_or(0);
-                let mut verdict = state::CANCELLED;
-                if let Some((last_id, rec)) = last {
-                    if last_id == cell.id {
-                        // The enter/exit pair of `Instrumented`'s drop.
-                        cell.unpoll(&rec);
-                        let _ = LAST_EXIT.try_with(|l| l.set(None));
-                        // tokio drops a finished future right after the
-                        // poll that returned `Ready`, in the same call; an
-                        // aborted one later, from another scheduler run.
-                        let gap = rec.started.saturating_sub(rec.prev_ended);
-                        if prev == cell.id && gap < READY_DROP_GAP_NS {
-                            verdict = state::COMPLETED;
-                        }
-                    }
-                }
-                if cell.polls.load(Relaxed) == 0 && verdict == state::CANCELLED {
-                    // Never polled: dropped unstarted (e.g. runtime shutdown).
-                    verdict = state::CANCELLED;
-                }
-                cell.finish(verdict, now);
+        match entry {
+            SpanEntry::Task(cell) => task_closed(&cell, now),
+            SpanEntry::User(task) => {
+                task.spans.remove(id.into_u64());
+                task.dirty.store(true, Relaxed);
             }
-            Some(SpanData::Resource(r)) => {
+            SpanEntry::Resource(r) => {
                 r.dropped_at.store(now, Relaxed);
                 *r.holder.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 r.dirty.store(true, Relaxed);
             }
-            Some(SpanData::AsyncOp(op)) => {
+            SpanEntry::AsyncOp(op) => {
                 op.dropped_at.store(now, Relaxed);
                 op.pending_since.store(0, Relaxed);
                 op.dirty.store(true, Relaxed);
             }
-            Some(SpanData::User(task)) => {
-                task.spans.remove(id.into_u64());
-                task.dirty.store(true, Relaxed);
-            }
-            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ignored_target;
+
+    #[test]
+    fn library_internals_are_not_logical_frames_but_user_crates_are() {
+        for t in [
+            "tokio",
+            "tokio::sync",
+            "tokio_util::codec",
+            "h2::proto",
+            "taskscope::server",
+            "taskscope_wire::state",
+        ] {
+            assert!(ignored_target(t), "{t}");
+        }
+        for t in [
+            "taskscope_cli::demo_app",
+            "my_app",
+            "tokioish::x",
+            "hyperion",
+        ] {
+            assert!(!ignored_target(t), "{t}");
         }
     }
 }

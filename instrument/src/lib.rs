@@ -33,6 +33,11 @@
 //!   histograms instead of HdrHistograms), finished tasks are evicted after
 //!   `retention` or beyond `max_retained_completed`, always after at least
 //!   one publish has carried their final state.
+//! * **Runtime identity**: each task records the tokio runtime it was
+//!   spawned on (`Handle::id()`, `tokio_unstable`), and every runtime seen
+//!   is listed in the process info with its flavor and worker count.
+//! * **A clock that never runs backwards** (`clock` module docs): TSC
+//!   timestamps, recalibrated by slewing, never by jumping.
 //! * **One server thread** (`server` module docs) with its own
 //!   current-thread runtime publishes once per `publish_interval`, writes the
 //!   recording, and serves console-api's `Instrument` and `taskscope.v1`.
@@ -44,10 +49,15 @@
 //! # Configuration
 //! [`Builder::from_env`] reads `TASKSCOPE_BIND` (`127.0.0.1:6669` by default,
 //! `unix:/path` for a Unix socket, `off` for no server) and
-//! `TASKSCOPE_RECORD` (a recording file path). A port already taken or a bad
+//! `TASKSCOPE_RECORD` (a recording file path; `{pid}` in it becomes the
+//! process id) or `TASKSCOPE_RECORD_DIR` (a directory: the recording is
+//! `<dir>/<exe-name>-<pid>.tsrec`, the contract `taskscope ci` relies on).
+//! A port already taken or a bad
 //! address is reported on stderr; the app keeps running and recording still
 //! works. Binding to a non-loopback address works but warns: anyone who can
 //! reach it can read task names and fields.
+
+#![debugger_visualizer(gdb_script_file = "../../gdb-scripts/taskscope_autoload.py")]
 
 mod backtrace;
 mod clock;
@@ -55,7 +65,9 @@ pub mod debug_header;
 mod layer;
 mod publish;
 mod resource;
+mod runtime;
 mod server;
+mod span_table;
 mod task;
 mod wrapper;
 
@@ -122,15 +134,26 @@ pub enum ServeError {
 }
 
 impl Builder {
-    /// Applies `TASKSCOPE_BIND` and `TASKSCOPE_RECORD` when set.
+    /// Applies `TASKSCOPE_BIND`, `TASKSCOPE_RECORD` and
+    /// `TASKSCOPE_RECORD_DIR` when set.
+    ///
+    /// * `TASKSCOPE_BIND`: where the server listens (see [`bind`](Self::bind)).
+    /// * `TASKSCOPE_RECORD=path`: record to `path`; every `{pid}` in it is
+    ///   replaced by this process's id, so that several processes started
+    ///   with the same environment write separate files.
+    /// * `TASKSCOPE_RECORD_DIR=dir` (used when `TASKSCOPE_RECORD` is unset or
+    ///   empty): record to `dir/<exe-name>-<pid>.tsrec`, where `<exe-name>`
+    ///   is the file name of the running executable without its extension.
+    ///   `dir` is created if it does not exist. `taskscope ci` relies on
+    ///   exactly this name.
     pub fn from_env(mut self) -> Self {
         if let Ok(b) = std::env::var("TASKSCOPE_BIND") {
             self = self.bind(b.trim());
         }
-        if let Some(p) = std::env::var_os("TASKSCOPE_RECORD") {
-            if !p.is_empty() {
-                self = self.record(p);
-            }
+        let record = std::env::var_os("TASKSCOPE_RECORD");
+        let dir = std::env::var_os("TASKSCOPE_RECORD_DIR");
+        if let Some(path) = record_path(record.as_deref(), dir.as_deref(), std::process::id()) {
+            self = self.record(path);
         }
         self
     }
@@ -353,6 +376,44 @@ struct GuardStop {
     done: std::sync::mpsc::Receiver<()>,
 }
 
+/// The recording path the environment asks for (see
+/// [`Builder::from_env`]): `record` with `{pid}` replaced, else
+/// `dir/<exe-name>-<pid>.tsrec`.
+fn record_path(
+    record: Option<&std::ffi::OsStr>,
+    dir: Option<&std::ffi::OsStr>,
+    pid: u32,
+) -> Option<PathBuf> {
+    if let Some(r) = record.filter(|r| !r.is_empty()) {
+        return Some(match r.to_str() {
+            Some(s) => PathBuf::from(s.replace("{pid}", &pid.to_string())),
+            // Not UTF-8: used as given (no `{pid}` can be found reliably).
+            None => PathBuf::from(r),
+        });
+    }
+    let dir = PathBuf::from(dir.filter(|d| !d.is_empty())?);
+    Some(dir.join(format!("{}-{pid}.tsrec", exe_name())))
+}
+
+/// The running executable's file name without extension (`process` when
+/// it cannot be told).
+fn exe_name() -> String {
+    let from_exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+    let from_arg0 = || {
+        std::env::args_os().next().and_then(|a| {
+            std::path::Path::new(&a)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+    };
+    from_exe
+        .or_else(from_arg0)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "process".to_string())
+}
+
 /// Keeps the server and recorder running. Dropping it publishes a final
 /// update, flushes the recording completely and stops the server (waiting
 /// at most a few seconds).
@@ -385,5 +446,26 @@ impl Drop for Guard {
             stop.stop_publisher.notify_one();
             let _ = stop.done.recv_timeout(Duration::from_secs(10));
         }
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn record_path_replaces_pid_and_names_files_in_the_record_dir() {
+        let p = record_path(Some(OsStr::new("/tmp/app-{pid}.tsrec")), None, 42);
+        assert_eq!(p, Some(PathBuf::from("/tmp/app-42.tsrec")));
+        let p = record_path(None, Some(OsStr::new("/rec")), 7).expect("a path");
+        assert_eq!(p.parent(), Some(std::path::Path::new("/rec")));
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert_eq!(name, format!("{}-7.tsrec", exe_name()));
+        // TASKSCOPE_RECORD wins over TASKSCOPE_RECORD_DIR; empty means unset.
+        let p = record_path(Some(OsStr::new("x.tsrec")), Some(OsStr::new("/rec")), 7);
+        assert_eq!(p, Some(PathBuf::from("x.tsrec")));
+        let p = record_path(Some(OsStr::new("")), Some(OsStr::new("")), 7);
+        assert_eq!(p, None);
     }
 }

@@ -160,6 +160,7 @@ impl Publisher {
     pub(crate) fn process(&self) -> ProcessInfo {
         let mut p = self.process.clone();
         p.sources = sources();
+        p.runtimes = crate::runtime::runtimes();
         p
     }
 
@@ -308,6 +309,38 @@ impl Publisher {
             new.push(h);
         }
         new
+    }
+
+    /// The whole current state with hazards detected on it now: what a
+    /// `Snapshot` or a new watcher gets. Publishes run the detectors only
+    /// when someone consumes their ticks, so without this a client that
+    /// only takes snapshots would never see a hazard. Hazards found here
+    /// are not recorded: the next publish with consumers records and
+    /// broadcasts them, so hazard watchers miss none.
+    pub(crate) fn state_with_hazards(
+        &self,
+        include_completed: bool,
+        histograms: bool,
+    ) -> model::State {
+        let mut state = self.state(include_completed, histograms);
+        let live;
+        let detect_on = if include_completed {
+            live = self.state(false, false);
+            &live
+        } else {
+            &state
+        };
+        let found = taskscope_wire::hazards::detect(detect_on, &self.config.hazards, clock::now());
+        let mut hazards = self.hazards.clone();
+        for h in found {
+            if !self.fingerprints.contains(&h.fingerprint)
+                && !hazards.iter().any(|k| k.fingerprint == h.fingerprint)
+            {
+                hazards.push(h);
+            }
+        }
+        state.hazards = hazards;
+        state
     }
 
     /// The whole current state, built from the cells (does not consume

@@ -257,6 +257,19 @@ impl AsyncOpCell {
 pub(crate) fn current_edges(is_live_task: impl Fn(u64) -> bool) -> Vec<WaitEdge> {
     let mut edges = Vec::new();
     let r = resources();
+    // tokio's `Mutex`, `Semaphore` and `RwLock` wait on an internal
+    // semaphore (a resource span of its own, `is_internal`, with no parent
+    // link) inside their own async op: a task with a wait on a resource
+    // users know keeps only that edge; a wait on an internal resource alone
+    // (a bounded channel's semaphore) is kept, it is all there is.
+    let mut internal = std::collections::HashSet::new();
+    r.resources.for_each_shard(|rs| {
+        for res in rs.iter() {
+            if res.internal {
+                internal.insert(res.id);
+            }
+        }
+    });
     r.async_ops.for_each_shard(|ops| {
         for op in ops.iter() {
             let since = op.pending_since.load(Relaxed);
@@ -292,6 +305,16 @@ pub(crate) fn current_edges(is_live_task: impl Fn(u64) -> bool) -> Vec<WaitEdge>
                 }
             }
         }
+    });
+    let waits_on_known: std::collections::HashSet<u64> = edges
+        .iter()
+        .filter(|e| e.kind == EdgeKind::Waits && !internal.contains(&e.resource_id))
+        .map(|e| e.task_id)
+        .collect();
+    edges.retain(|e| {
+        !(e.kind == EdgeKind::Waits
+            && internal.contains(&e.resource_id)
+            && waits_on_known.contains(&e.task_id))
     });
     edges.sort_by_key(|e| (e.task_id, e.resource_id, e.kind));
     edges.dedup_by_key(|e| (e.task_id, e.resource_id, e.kind));

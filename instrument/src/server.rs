@@ -66,6 +66,15 @@ pub(crate) struct Recorder {
 
 impl Recorder {
     pub(crate) fn create(path: PathBuf) -> Option<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!(
+                    "taskscope: cannot create the recording directory {}: {e}",
+                    dir.display()
+                );
+                return None;
+            }
+        }
         match std::fs::File::create(&path) {
             Ok(f) => {
                 match taskscope_wire::recording::RecordingWriter::new(std::io::BufWriter::new(f)) {
@@ -579,7 +588,8 @@ impl proto::taskscope_server::Taskscope for TaskscopeService {
         req: Request<proto::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let req = req.into_inner();
-        let mut state = lock(&self.shared.publisher).state(req.include_completed, true);
+        let mut state =
+            lock(&self.shared.publisher).state_with_hazards(req.include_completed, true);
         state.paused = *self.shared.paused.borrow();
         let updates = taskscope_wire::state::full_state_updates(
             &state,
@@ -604,7 +614,7 @@ impl proto::taskscope_server::Taskscope for TaskscopeService {
             let mut send_full = true;
             loop {
                 if send_full {
-                    let mut state = lock(&shared.publisher).state(true, true);
+                    let mut state = lock(&shared.publisher).state_with_hazards(true, true);
                     state.paused = *shared.paused.borrow();
                     for u in taskscope_wire::state::full_state_updates(
                         &state,

@@ -150,6 +150,9 @@ impl AtomicHistogram {
     }
 }
 
+/// A span field beyond tokio's own: name and formatted value.
+pub(crate) type ExtraField = (&'static str, Box<str>);
+
 /// Identity of a task, fixed at spawn.
 pub(crate) struct TaskIdentity {
     pub name: Option<Box<str>>,
@@ -163,37 +166,93 @@ pub(crate) struct TaskIdentity {
     pub parent_id: u64,
     pub future_size: Option<u64>,
     pub original_future_size: Option<u64>,
+    /// The tokio runtime the task was spawned on, 0 when unknown.
+    pub runtime_id: u64,
+    /// Span fields beyond tokio's own (rare: allocated only when present).
+    pub extra_fields: Option<Box<[ExtraField]>>,
+}
+
+impl TaskIdentity {
+    /// The task's span fields as console-subscriber lists them: tokio's
+    /// (`kind`, `task.name`, `task.id`, `size.bytes`, ...) and any others,
+    /// formatted only now (at publish), never at spawn. tokio's `loc.file`,
+    /// `loc.line` and `loc.col` are the task's `location`, not fields (as
+    /// console-subscriber does).
+    pub(crate) fn fields(&self) -> std::collections::BTreeMap<String, String> {
+        let mut f = std::collections::BTreeMap::new();
+        f.insert("kind".to_string(), self.kind.to_string());
+        if let Some(n) = &self.name {
+            f.insert("task.name".to_string(), n.to_string());
+        }
+        if self.tokio_id != 0 {
+            f.insert("task.id".to_string(), self.tokio_id.to_string());
+        }
+        if let Some(s) = self.future_size {
+            f.insert("size.bytes".to_string(), s.to_string());
+        }
+        if let Some(s) = self.original_future_size {
+            f.insert("original_size.bytes".to_string(), s.to_string());
+        }
+        for (k, v) in self.extra_fields.iter().flatten() {
+            f.insert(k.to_string(), v.to_string());
+        }
+        f
+    }
+
+    /// An identity with nothing known but the kind.
+    #[cfg(test)]
+    pub(crate) fn unnamed(kind: &'static str) -> Self {
+        Self {
+            name: None,
+            kind,
+            file: None,
+            line: 0,
+            column: 0,
+            tokio_id: 0,
+            parent_id: 0,
+            future_size: None,
+            original_future_size: None,
+            runtime_id: 0,
+            extra_fields: None,
+        }
+    }
 }
 
 /// Everything taskscope knows about one task. Hot paths touch only the
 /// atomics.
+///
+/// Field order is chosen for the cache: what every poll start and end
+/// reads and writes (state, poll counters, the last timestamps) comes
+/// first and fills 64 bytes; the waker counters follow; identity and the
+/// histograms' cold halves come last. A dump reader finds the fields
+/// through [`crate::debug_header`], not by this order.
 #[repr(C)]
 pub(crate) struct TaskCell {
-    /// Process-unique id (the tracing span id for tokio tasks).
-    pub id: u64,
-    pub created_at: u64,
     pub state: AtomicU8,
+    /// Set on every change; the publisher clears it when it reads the cell.
+    pub dirty: AtomicBool,
     pub source: Source,
     /// The registry shard holding the cell.
     pub shard: u8,
-    /// Set on every change; the publisher clears it when it reads the cell.
-    pub dirty: AtomicBool,
     /// Set once a publish has included the task after it finished.
     pub published_done: AtomicBool,
     pub polls: AtomicU64,
     pub busy_ns: AtomicU64,
+    pub last_poll_started: AtomicU64,
+    pub last_poll_ended: AtomicU64,
+    pub last_wake: AtomicU64,
     pub scheduled_ns: AtomicU64,
+    pub max_poll_ns: AtomicU64,
     pub wakes: AtomicU64,
     pub self_wakes: AtomicU64,
     pub waker_clones: AtomicU64,
     pub waker_drops: AtomicU64,
     pub wakes_while_scheduled: AtomicU64,
-    pub last_wake: AtomicU64,
-    pub last_poll_started: AtomicU64,
-    pub last_poll_ended: AtomicU64,
-    pub completed_at: AtomicU64,
-    pub max_poll_ns: AtomicU64,
     pub max_scheduled_ns: AtomicU64,
+    pub created_at: u64,
+    /// Process-unique id (the tracing span id for tokio tasks).
+    pub id: u64,
+    pub completed_at: AtomicU64,
     pub poll_histogram: AtomicHistogram,
     pub scheduled_histogram: AtomicHistogram,
     pub identity: TaskIdentity,
@@ -404,15 +463,11 @@ impl TaskCell {
         let busy_ns = self.busy_ns.load(Relaxed);
         let scheduled_ns = self.scheduled_ns.load(Relaxed);
         let total = now.saturating_sub(self.created_at);
-        let mut fields = std::collections::BTreeMap::new();
         let tokio_id = (id.tokio_id != 0).then_some(id.tokio_id);
-        if let Some(tid) = tokio_id {
-            fields.insert("task.id".to_string(), tid.to_string());
-        }
         model::Task {
             id: self.id,
             tokio_id,
-            runtime_id: None,
+            runtime_id: (id.runtime_id != 0).then_some(id.runtime_id),
             name: id.name.as_deref().map(str::to_string),
             kind: id.kind.to_string(),
             location: id
@@ -438,7 +493,7 @@ impl TaskCell {
             waker_drops: self.waker_drops.load(Relaxed),
             wakes_while_scheduled: self.wakes_while_scheduled.load(Relaxed),
             max_poll_ns: self.max_poll_ns.load(Relaxed),
-            fields,
+            fields: id.fields(),
             backtrace: self.spans.backtrace(),
             poll_histogram: if with_histograms {
                 self.poll_histogram.snapshot(self.max_poll_ns.load(Relaxed))
@@ -584,6 +639,8 @@ mod tests {
             parent_id: 0,
             future_size: None,
             original_future_size: None,
+            runtime_id: 0,
+            extra_fields: None,
         }
     }
 

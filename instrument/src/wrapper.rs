@@ -139,6 +139,8 @@ impl<F: Future> Future for Instrumented<F> {
                     parent_id: parent,
                     future_size: Some(std::mem::size_of::<F>() as u64),
                     original_future_size: None,
+                    runtime_id: crate::runtime::current_runtime_id(),
+                    extra_fields: None,
                 },
             ));
             registry().insert(cell.clone());
@@ -149,18 +151,23 @@ impl<F: Future> Future for Instrumented<F> {
             // Polled after completion: pass through, nothing to record.
             return this.inner.poll(cx);
         }
-        let shim = match this.shim {
-            Some(s) if s.inner.will_wake(cx.waker()) => s.clone(),
-            _ => {
-                let s = Arc::new(WakerShim {
-                    cell: cell.clone(),
-                    inner: cx.waker().clone(),
-                });
-                *this.shim = Some(s.clone());
-                s
-            }
+        // The shim is re-made only when the executor's waker changed; the
+        // per-poll waker borrows it (no reference count taken).
+        if !this
+            .shim
+            .as_ref()
+            .is_some_and(|s| s.inner.will_wake(cx.waker()))
+        {
+            *this.shim = Some(Arc::new(WakerShim {
+                cell: cell.clone(),
+                inner: cx.waker().clone(),
+            }));
+        }
+        let Some(shim) = this.shim.as_ref() else {
+            // Just set above.
+            return this.inner.poll(cx);
         };
-        let waker = shim_waker(&shim);
+        let waker = shim_waker(shim);
         let mut cx2 = Context::from_waker(&waker);
         cell.poll_started(clock::now_ns());
         push_current(cell);

@@ -35,10 +35,17 @@ fn a_recording_is_complete_after_the_guard_drops_even_when_the_port_is_taken() {
                 .expect("join");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+        // Parked for good once its first poll has run.
+        let (polled_tx, polled_rx) = tokio::sync::oneshot::channel();
         tokio::task::Builder::new()
             .name("rec-parked")
-            .spawn(std::future::pending::<()>())
+            .spawn(async move {
+                let _ = polled_tx.send(());
+                std::future::pending::<()>().await
+            })
             .expect("spawn");
+        polled_rx.await.expect("rec-parked was polled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
         // Finishes right before the guard drops: only the final publish
         // can carry it.
         tokio::task::Builder::new()
@@ -85,4 +92,93 @@ fn a_recording_is_complete_after_the_guard_drops_even_when_the_port_is_taken() {
     );
     drop(rt);
     drop(squatter);
+}
+
+/// Set in the environment of the child process the two tests below start.
+const CHILD_MARKER: &str = "TASKSCOPE_TEST_RECORDING_CHILD";
+
+/// Runs in a child process only (see below): `init()` from the environment,
+/// one named task, the guard dropped at the end as in a `main`.
+#[test]
+#[ignore = "run in a child process by the TASKSCOPE_RECORD tests below"]
+fn recording_child_process() {
+    if std::env::var_os(CHILD_MARKER).is_none() {
+        return;
+    }
+    let guard = taskscope::init();
+    support::runtime().block_on(async {
+        tokio::task::Builder::new()
+            .name("env-recorded")
+            .spawn(async { tokio::task::yield_now().await })
+            .expect("spawn")
+            .await
+            .expect("join");
+    });
+    drop(guard);
+}
+
+/// Starts this test binary again with `env`, running only the child test;
+/// returns the child's process id.
+fn run_child(env: &[(&str, &std::path::Path)]) -> u32 {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", "recording_child_process", "--ignored"])
+        .stdout(std::process::Stdio::null())
+        .env(CHILD_MARKER, "1")
+        .env("TASKSCOPE_BIND", "off")
+        .env_remove("TASKSCOPE_RECORD")
+        .env_remove("TASKSCOPE_RECORD_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start the child");
+    let pid = child.id();
+    let status = child.wait().expect("wait for the child");
+    assert!(status.success(), "the child test passed: {status}");
+    pid
+}
+
+fn assert_recorded_task(path: &std::path::Path) {
+    let (updates, err) = taskscope_wire::recording::read_recording(path);
+    assert!(err.is_none(), "{} ends cleanly: {err:?}", path.display());
+    let mut state = State::default();
+    for u in updates {
+        state.apply(u);
+    }
+    let task = state
+        .tasks
+        .values()
+        .find(|t| t.name.as_deref() == Some("env-recorded"))
+        .unwrap_or_else(|| panic!("{} holds the child's task", path.display()));
+    assert_eq!(task.state, TaskState::Completed);
+}
+
+#[test]
+fn taskscope_record_dir_names_the_file_after_the_executable_and_pid() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A directory that does not exist yet is created.
+    let rec_dir = dir.path().join("recordings");
+    let pid = run_child(&[("TASKSCOPE_RECORD_DIR", &rec_dir)]);
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let stem = exe
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("a UTF-8 test binary name");
+    let expected = rec_dir.join(format!("{stem}-{pid}.tsrec"));
+    let found: Vec<_> = std::fs::read_dir(&rec_dir)
+        .expect("the recording directory exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(found, vec![expected.clone()], "exactly one recording");
+    assert_recorded_task(&expected);
+}
+
+#[test]
+fn taskscope_record_replaces_pid_in_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pattern = dir.path().join("app-{pid}.tsrec");
+    let pid = run_child(&[("TASKSCOPE_RECORD", &pattern)]);
+    let expected = dir.path().join(format!("app-{pid}.tsrec"));
+    assert!(expected.exists(), "{} was written", expected.display());
+    assert_recorded_task(&expected);
 }

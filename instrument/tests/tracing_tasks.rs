@@ -226,6 +226,32 @@ fn taskscope_v1_sees_parents_states_and_completion() {
         let process = v.process.as_ref().expect("process info");
         assert_eq!(process.pid, std::process::id());
         assert!(process.sources.contains(&"tracing".to_string()));
+        // Runtime identity: the task names the runtime it was spawned on,
+        // and that runtime is listed with its flavor and workers.
+        let rt_id = tokio::runtime::Handle::current().id().to_string();
+        assert_eq!(q.runtime_id.map(|r| r.to_string()), Some(rt_id.clone()));
+        assert_eq!(c.runtime_id, q.runtime_id, "same runtime");
+        let listed = process
+            .runtimes
+            .iter()
+            .find(|r| r.id.to_string() == rt_id)
+            .expect("the runtime is listed in the process info");
+        assert_eq!(
+            listed.flavor,
+            taskscope_wire::model::RuntimeFlavor::MultiThread
+        );
+        assert_eq!(listed.workers, 2);
+        // tokio's span fields travel, as console-subscriber sends them.
+        let field = |k: &str| q.fields.get(k).map(String::as_str);
+        assert_eq!(field("task.name"), Some("tv-quick"));
+        assert_eq!(field("kind"), Some("task"));
+        let loc = q.location.as_ref().expect("tokio's loc.* fields");
+        assert!(loc.file.ends_with("tracing_tasks.rs"), "{loc:?}");
+        assert!(loc.line > 0);
+        assert_eq!(
+            field("task.id"),
+            q.tokio_id.map(|t| t.to_string()).as_deref()
+        );
         assert!(v.dropped.is_some(), "drop counters travel");
 
         let _ = tx.send(());
@@ -265,6 +291,13 @@ fn a_held_tokio_mutex_shows_holder_and_waiter_edges() {
     let addr = server();
     let rt = runtime();
     rt.block_on(async move {
+        // An `Interval` first: tokio polls its ticks and `Mutex::lock`
+        // through the same instrumented-op callsite, and a timer seen there
+        // must not hide the mutex waits that follow.
+        let mut interval = tokio::time::interval(Duration::from_millis(1));
+        for _ in 0..3 {
+            interval.tick().await;
+        }
         let mutex = std::sync::Arc::new(tokio::sync::Mutex::new(0u32));
         let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
@@ -312,7 +345,13 @@ fn a_held_tokio_mutex_shows_holder_and_waiter_edges() {
             .iter()
             .find(|e| e.task_id == w.id && e.kind == EdgeKind::Waits)
             .expect("waiter waits on the mutex");
-        assert_eq!(holds.resource_id, waits.resource_id, "the same resource");
+        assert_eq!(
+            holds.resource_id,
+            waits.resource_id,
+            "the same resource: {:?} {:?}",
+            v.resources.get(&holds.resource_id),
+            v.resources.get(&waits.resource_id)
+        );
         let r = v
             .resources
             .get(&holds.resource_id)
@@ -396,5 +435,85 @@ fn instrumented_async_fns_form_the_task_backtrace() {
         );
         task.abort();
         let _ = task.await;
+    });
+}
+
+#[test]
+fn tasks_blocked_on_a_semaphore_or_a_full_channel_wait_on_that_resource() {
+    let addr = server();
+    let rt = runtime();
+    rt.block_on(async move {
+        // A semaphore with no permits left: the waiter's acquire pends.
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let held = sem.clone().acquire_owned().await.expect("a permit");
+        let s2 = sem.clone();
+        let sem_waiter = tokio::task::Builder::new()
+            .name("sem-waiter")
+            .spawn(async move {
+                let _p = s2.acquire().await.expect("a permit");
+            })
+            .expect("spawn");
+        // A full bounded channel: the sender waits for room.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(1);
+        tx.send(0).await.expect("room for one");
+        let sender = tokio::task::Builder::new()
+            .name("mpsc-sender")
+            .spawn(async move {
+                tx.send(1).await.expect("the receiver is alive");
+            })
+            .expect("spawn");
+
+        let mut client = taskscope_client(addr).await;
+        let waits_on = |v: &TaskscopeView, name: &str| -> Option<u64> {
+            let t = v.task_named(name)?;
+            v.edges
+                .iter()
+                .find(|e| e.task_id == t.id && e.kind == EdgeKind::Waits)
+                .map(|e| e.resource_id)
+        };
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            waits_on(v, "sem-waiter").is_some() && waits_on(v, "mpsc-sender").is_some()
+        })
+        .await;
+        let sem_res = waits_on(&v, "sem-waiter").expect("the semaphore waiter has a wait edge");
+        let r = v
+            .resources
+            .get(&sem_res)
+            .expect("the semaphore is published");
+        assert_eq!(r.concrete_type, "Semaphore");
+        assert!(
+            !r.internal,
+            "the semaphore the app made, not tokio's inner one"
+        );
+        let sem_waits = v
+            .edges
+            .iter()
+            .filter(|e| Some(e.task_id) == v.task_named("sem-waiter").map(|t| t.id))
+            .count();
+        assert_eq!(sem_waits, 1, "one wait, on one resource");
+        let chan_res = waits_on(&v, "mpsc-sender").expect("the blocked sender has a wait edge");
+        assert_ne!(chan_res, sem_res, "two different resources");
+        assert_eq!(
+            v.task_named("mpsc-sender").map(|t| t.state),
+            Some(TaskState::Idle)
+        );
+
+        // Released: the edges go away.
+        drop(held);
+        assert_eq!(rx.recv().await, Some(0));
+        sem_waiter.await.expect("sem-waiter");
+        sender.await.expect("sender");
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            !v.edges
+                .iter()
+                .any(|e| e.resource_id == sem_res || e.resource_id == chan_res)
+        })
+        .await;
+        assert!(
+            !v.edges
+                .iter()
+                .any(|e| e.resource_id == sem_res || e.resource_id == chan_res),
+            "no edge outlives the wait"
+        );
     });
 }

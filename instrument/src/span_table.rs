@@ -1,0 +1,127 @@
+//! Span id → task, for the layer's hot paths.
+//!
+//! # Why not span extensions
+//! tracing-subscriber's registry keeps per-span data in "extensions": a
+//! type-keyed hash map behind a read-write lock in the span's slab slot,
+//! holding a separately boxed value. Finding a task's [`TaskCell`] that
+//! way on every poll start and every wake costs a slab lookup, two locked
+//! instructions and three dependent pointer loads (slot → map → box →
+//! cell), each a likely cache miss when many tasks are alive. This table
+//! answers the same question with one hash probe in a small map and one
+//! uncontended lock: 64 shards, each a `Mutex<HashMap>` keyed by the span
+//! id, so the two or more threads of a runtime rarely meet on a shard.
+//!
+//! # Shape
+//! Entries are inserted when a task's `runtime.spawn` span, a user span
+//! inside a task, a resource span or (at its first `Pending` poll) an
+//! async-op span is seen, and removed when the span closes (span ids are
+//! reused only after the close, so an entry never outlives its span). The
+//! layer stores nothing in span extensions: a span that is not in the table
+//! costs one probe of an (often empty) bucket when it is entered or closed.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use crate::resource::{AsyncOpCell, ResourceCell};
+use crate::task::TaskCell;
+
+/// What a span is to taskscope.
+#[derive(Clone)]
+pub(crate) enum SpanEntry {
+    /// A task's own span (tokio's `runtime.spawn`).
+    Task(Arc<TaskCell>),
+    /// A user span inside the task (part of its logical backtrace).
+    User(Arc<TaskCell>),
+    /// A resource (`runtime.resource`: a mutex, semaphore, channel...).
+    Resource(Arc<ResourceCell>),
+    /// An async op on a resource (`runtime.resource.async_op`), tracked
+    /// from its first `Pending` poll.
+    AsyncOp(Arc<AsyncOpCell>),
+}
+
+/// Hashes a span id (already unique) with one multiply and a fold, so
+/// that both the low bits (bucket) and the top bits (hashbrown's tag) vary.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        let x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 32);
+    }
+}
+
+type Map = HashMap<u64, SpanEntry, BuildHasherDefault<IdHasher>>;
+
+const SHARDS: usize = 64;
+
+/// One shard on its own cache lines.
+#[repr(align(64))]
+#[derive(Default)]
+struct Shard(Mutex<Map>);
+
+fn shards() -> &'static [Shard; SHARDS] {
+    static TABLE: OnceLock<[Shard; SHARDS]> = OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|_| Shard::default()))
+}
+
+#[inline]
+fn shard(id: u64) -> MutexGuard<'static, Map> {
+    // A different multiplier than the map's hash, top bits.
+    let i = (id.wrapping_mul(0xd6e8_feb8_6659_fd93) >> 58) as usize % SHARDS;
+    // Nothing panics while a shard is locked except allocation failure,
+    // which aborts; a poisoned shard is still consistent.
+    shards()[i].0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn insert(id: u64, entry: SpanEntry) {
+    shard(id).insert(id, entry);
+}
+
+pub(crate) fn remove(id: u64) -> Option<SpanEntry> {
+    shard(id).remove(&id)
+}
+
+/// Runs `f` on the entry for `id` (with its shard locked: `f` must be
+/// short and must not touch the table).
+#[inline]
+pub(crate) fn with<R>(id: u64, f: impl FnOnce(&SpanEntry) -> R) -> Option<R> {
+    shard(id).get(&id).map(f)
+}
+
+/// The entry for `id`, cloned.
+pub(crate) fn get(id: u64) -> Option<SpanEntry> {
+    with(id, SpanEntry::clone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Source, TaskIdentity};
+
+    #[test]
+    fn entries_live_from_insert_to_remove() {
+        let cell = Arc::new(TaskCell::new(
+            u64::MAX - 5,
+            Source::Tracing,
+            TaskIdentity::unnamed("task"),
+        ));
+        insert(cell.id, SpanEntry::Task(cell.clone()));
+        insert(u64::MAX - 6, SpanEntry::User(cell.clone()));
+        assert!(matches!(get(u64::MAX - 5), Some(SpanEntry::Task(c)) if c.id == cell.id));
+        assert!(matches!(get(u64::MAX - 6), Some(SpanEntry::User(_))));
+        assert!(matches!(remove(u64::MAX - 5), Some(SpanEntry::Task(_))));
+        assert!(get(u64::MAX - 5).is_none());
+        assert!(remove(u64::MAX - 6).is_some());
+        assert_eq!(Arc::strong_count(&cell), 1, "the table let go of the task");
+    }
+}
