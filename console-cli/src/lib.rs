@@ -21,9 +21,26 @@ pub mod demo_app;
 pub mod output;
 pub mod report;
 
+const AFTER_HELP: &str = "\
+Getting started:
+  taskscope demo                          an instrumented demo app with real hazards, in the console
+  taskscope console                       watch your app (taskscope::init() or console-subscriber) on 127.0.0.1:6669
+  taskscope console run.tsrec             replay a recording written with TASKSCOPE_RECORD=run.tsrec
+  taskscope dump core.1234                every task and its await chain from a core file (no code change needed)
+  taskscope ci -- cargo test              run tests with recording on; fail on hazards (SARIF, JUnit, Markdown)
+  gdb -x \"$(taskscope gdb-init --script)\" -p PID
+                                          async-aware gdb: info async-tasks, async-bt all, async-hazards
+
+Each command's --help explains its input, output formats and exit status.";
+
 /// Async task diagnostics: live console, snapshots, crash dumps, CI hazard reports.
 #[derive(Debug, Parser)]
-#[command(name = "taskscope", version, about, long_about = None)]
+#[command(
+    name = "taskscope",
+    version,
+    about = "Async task diagnostics for Rust: live console, crash dumps, debugger commands, CI hazard reports",
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

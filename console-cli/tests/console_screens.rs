@@ -118,7 +118,10 @@ fn problems_view() {
     assert!(text.contains("Problems ("), "{text}");
     assert!(text.contains("Evidence"), "{text}");
     assert!(text.contains("Advice"), "{text}");
-    assert!(text.contains("docs: wire-protocol/docs/hazards.md#"), "{text}");
+    assert!(
+        text.contains("docs: wire-protocol/docs/hazards.md#"),
+        "{text}"
+    );
     // Walk to the lost waker finding.
     let lost = c
         .hazards()

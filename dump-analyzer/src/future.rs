@@ -73,6 +73,32 @@ pub struct Frame {
         serialize_with = "hex_addr::pairs"
     )]
     pub shared: Vec<(u64, u64)>,
+    /// Pointer-sized words of this frame's saved state that no DWARF member
+    /// describes, when rustc's debug info lost a local: a local shadowed by
+    /// one of the same name (`let mut from = from.lock().await;`) is
+    /// emitted as a second member with the first one's name, type and
+    /// offset, so its real storage is described by nobody. Matched against
+    /// contended mutexes by the report (a `MutexGuard` is `&Mutex` plus,
+    /// with tokio's tracing feature, a span).
+    #[serde(skip)]
+    pub undescribed_words: Vec<u64>,
+    /// Mutexes found held through [`Frame::undescribed_words`]: a word of
+    /// the lost local's storage is the address of a mutex another task
+    /// waits to lock.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "hex_addr::list"
+    )]
+    pub holds_undescribed: Vec<u64>,
+    /// Wakers kept by a wrapper of this frame in an `Arc` nobody else
+    /// references (strong count 1, no `Weak`): the raw waker's data pointer
+    /// (tokio: the task header). Only the wrapper, when polled, could use
+    /// them: they cannot wake the task from outside.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "hex_addr::list"
+    )]
+    pub private_wakers: Vec<u64>,
 }
 
 /// A logical backtrace: outermost frame first, then what it waits on.
@@ -282,6 +308,9 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 branches: Vec::new(),
                 holds: Vec::new(),
                 shared: Vec::new(),
+                undescribed_words: Vec::new(),
+                holds_undescribed: Vec::new(),
+                private_wakers: Vec::new(),
             });
             let Some(ty) = concrete else {
                 return Some(self.other(
@@ -312,6 +341,9 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 branches: Vec::new(),
                 holds: Vec::new(),
                 shared: Vec::new(),
+                undescribed_words: Vec::new(),
+                holds_undescribed: Vec::new(),
+                private_wakers: Vec::new(),
             });
             return self.walk(inner, frames, depth + 1);
         }
@@ -334,6 +366,9 @@ impl<'w, 'a> Decoder<'w, 'a> {
                     branches: Vec::new(),
                     holds: Vec::new(),
                     shared: Vec::new(),
+                    undescribed_words: Vec::new(),
+                    holds_undescribed: Vec::new(),
+                    private_wakers: self.private_wakers(&v, field),
                 };
                 if name.starts_with("tokio::time::timeout::Timeout") {
                     if let Some(delay) = r.field(&v, "delay") {
@@ -353,6 +388,23 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 frames.push(frame);
                 return self.walk(inner, frames, depth + 1);
             }
+        }
+        // A wrapper around a zero-sized future ends the chain here: keep
+        // what it says about the task's waker.
+        let private_wakers = self.private_wakers(&v, "");
+        if !private_wakers.is_empty() {
+            frames.push(Frame {
+                function: short(&name),
+                kind: "combinator",
+                state: None,
+                location: None,
+                branches: Vec::new(),
+                holds: Vec::new(),
+                shared: Vec::new(),
+                undescribed_words: Vec::new(),
+                holds_undescribed: Vec::new(),
+                private_wakers,
+            });
         }
         Some(self.other(&name, &short(&name)))
     }
@@ -399,6 +451,9 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 branches: Vec::new(),
                 holds: Vec::new(),
                 shared: Vec::new(),
+                undescribed_words: Vec::new(),
+                holds_undescribed: Vec::new(),
+                private_wakers: Vec::new(),
             });
             return None;
         };
@@ -422,6 +477,9 @@ impl<'w, 'a> Decoder<'w, 'a> {
             branches: Vec::new(),
             holds: self.held_guards(&state),
             shared: self.arc_locals(&state),
+            undescribed_words: self.undescribed_words(&v, &state),
+            holds_undescribed: Vec::new(),
+            private_wakers: Vec::new(),
         };
         // select! / join!: the branch futures live in a local `futures`.
         if let Some(futs) = r.field(&state, "futures") {
@@ -540,9 +598,15 @@ impl<'w, 'a> Decoder<'w, 'a> {
         })
     }
 
-    /// Mutex guards among the locals saved across this await.
+    /// Mutex guards among the locals saved across this await (also inside
+    /// an `Option` or a tuple).
     fn held_guards(&self, state: &Value) -> Vec<u64> {
         let r = &self.w.r;
+        let is_guard = |t: &Type| {
+            let name = self.name(t);
+            name.starts_with("tokio::sync::mutex::MutexGuard<")
+                || name.starts_with("tokio::sync::mutex::OwnedMutexGuard<")
+        };
         let mut out = Vec::new();
         for m in state.ty.members() {
             if m.name == "__awaitee" {
@@ -551,13 +615,103 @@ impl<'w, 'a> Decoder<'w, 'a> {
             let Some(v) = m.ty.and_then(|t| r.value(state.addr + m.offset, t)) else {
                 continue;
             };
-            let name = self.name(&v.ty);
-            if name.starts_with("tokio::sync::mutex::MutexGuard<")
-                || name.starts_with("tokio::sync::mutex::OwnedMutexGuard<")
-            {
-                if let Some(lock) = r.find(&v, "lock", 1).and_then(|l| r.scalar(&l)) {
-                    // OwnedMutexGuard holds an Arc: the mutex is inside ArcInner.
-                    out.push(lock);
+            for guard in r.search(&v, 3, false, &is_guard) {
+                // OwnedMutexGuard holds an Arc: the mutex is inside ArcInner.
+                if let Some(lock) = r.find(&guard, "lock", 1).and_then(|l| r.scalar(&l)) {
+                    if !out.contains(&lock) {
+                        out.push(lock);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Words of the state machine that no member of any variant describes,
+    /// read only when this variant shows the trace of a lost local: two
+    /// members of the same name (see [`Frame::undescribed_words`]).
+    fn undescribed_words(&self, outer: &Value, state: &Value) -> Vec<u64> {
+        let r = &self.w.r;
+        let mut names: Vec<&str> = state.ty.members().iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        if !names.windows(2).any(|w| w[0] == w[1]) {
+            return Vec::new();
+        }
+        let Some(part) = outer.ty.variant_part() else {
+            return Vec::new();
+        };
+        let size = outer.ty.size;
+        if size == 0 || size > 1 << 20 {
+            return Vec::new();
+        }
+        let size_of = |ty: Option<crate::dwarf::DieId>, default: u64| {
+            ty.and_then(|t| r.dwarf.ty(t).ok())
+                .map_or(default, |t| t.size)
+        };
+        let mut covered = vec![false; size as usize];
+        let mut cover = |offset: u64, len: u64| {
+            let end = offset.saturating_add(len).min(size);
+            for b in offset.min(end)..end {
+                covered[b as usize] = true;
+            }
+        };
+        if let Some(d) = &part.discr {
+            cover(d.offset, size_of(d.ty, 1).max(1));
+        }
+        for m in outer.ty.members() {
+            cover(m.offset, size_of(m.ty, 8));
+        }
+        for var in &part.variants {
+            let Some(vt) = var.member.ty.and_then(|t| r.dwarf.ty(t).ok()) else {
+                continue;
+            };
+            for m in vt.members() {
+                cover(var.member.offset + m.offset, size_of(m.ty, 8));
+            }
+        }
+        let mut out = Vec::new();
+        for off in (0..size.saturating_sub(7)).step_by(8) {
+            if covered[off as usize..off as usize + 8].iter().any(|c| *c) {
+                continue;
+            }
+            if let Ok(w) = r.read_word(outer.addr + off) {
+                if plausible_pointer(w) && !out.contains(&w) {
+                    out.push(w);
+                }
+            }
+        }
+        out
+    }
+
+    /// Wakers a wrapper keeps (besides its `inner` future) in an `Arc`
+    /// that only it references: see [`Frame::private_wakers`].
+    fn private_wakers(&self, wrapper: &Value, inner_field: &str) -> Vec<u64> {
+        let r = &self.w.r;
+        let is_arc = |t: &Type| self.name(t).starts_with("alloc::sync::Arc<");
+        let is_waker = |t: &Type| self.name(t) == "core::task::wake::Waker";
+        let mut out = Vec::new();
+        for m in wrapper.ty.members() {
+            if m.name == inner_field {
+                continue;
+            }
+            let Some(v) = m.ty.and_then(|t| r.value(wrapper.addr + m.offset, t)) else {
+                continue;
+            };
+            for arc in r.search(&v, 3, false, &is_arc) {
+                let Some(inner) = r.deref(&arc) else { continue };
+                let count = |name| r.find(&inner, name, 2).and_then(|c| r.scalar(&c));
+                // std's weak count is 1 while no `Weak` exists.
+                if count("strong") != Some(1) || count("weak") != Some(1) {
+                    continue;
+                }
+                let Some(data) = r.field(&inner, "data") else {
+                    continue;
+                };
+                for w in r.search(&data, 3, false, &is_waker) {
+                    let ptr = r.find(&w, "data", 3).and_then(|d| r.read_word(d.addr).ok());
+                    if let Some(p) = ptr.filter(|p| plausible_pointer(*p)) {
+                        out.push(p);
+                    }
                 }
             }
         }

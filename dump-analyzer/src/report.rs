@@ -11,7 +11,8 @@
 //! - `tasks`: `[{header, runtime, id?, lifecycle, state: {raw, running, complete, notified,
 //!   join_interest, join_waker, cancelled, ref_count}, stage?, future_type?, spawned_at?: {file, line, column?},
 //!   chain: {frames: [{function, kind, state?, location?: {file, line}, branches?: [chain],
-//!   holds?: ["0x…"], shared?: [{address, strong}]}], leaf?: {kind, description, resource?: "0x…",
+//!   holds?: ["0x…"], holds_undescribed?: ["0x…"], shared?: [{address, strong}],
+//!   private_wakers?: ["0x…"]}], leaf?: {kind, description, resource?: "0x…",
 //!   joined_task_header?: "0x…", deadline_secs?, deadline_in_secs?, type_name}}, joined_task_id?,
 //!   instrumented?: {…as in `instrumented`}}]`
 //! - `block_on`: `[{thread, future_type, chain, located_by: "dwarf-location"|"frame-scan"}]` —
@@ -197,6 +198,7 @@ impl TaskReport {
         fn collect(frames: &[Frame], out: &mut Vec<u64>) {
             for f in frames {
                 out.extend(&f.holds);
+                out.extend(&f.holds_undescribed);
                 for b in &f.branches {
                     collect(&b.frames, out);
                 }
@@ -347,7 +349,21 @@ impl Report {
                 b.instrumented = Some((*one).clone());
             }
         }
-        self.hazards = hazards(&self.tasks);
+        // Guards rustc's debug info lost (shadowed locals): an undescribed
+        // word of a task's state that is the address of a mutex another
+        // task waits to lock.
+        let contended: std::collections::HashSet<u64> = self
+            .tasks
+            .iter()
+            .filter_map(|t| t.chain.leaf.as_ref())
+            .filter(|l| l.kind == "mutex-lock")
+            .filter_map(|l| l.resource)
+            .collect();
+        for t in &mut self.tasks {
+            let own = t.chain.leaf.as_ref().and_then(|l| l.resource);
+            mark_undescribed_holds(&mut t.chain.frames, &contended, own);
+        }
+        self.hazards = hazards(&self.tasks, &self.instrumented);
         self.partial = !self.warnings.is_empty();
     }
 
@@ -614,6 +630,13 @@ fn write_chain<W: Write>(out: &mut W, chain: &Chain, indent: &str) -> io::Result
                 "{indent}  holds tokio::sync::Mutex {m:#x} (guard alive across this await)"
             )?;
         }
+        for m in &f.holds_undescribed {
+            writeln!(
+                out,
+                "{indent}  holds tokio::sync::Mutex {m:#x} (guard alive across this await; \
+                 a shadowed local the debug info does not describe)"
+            )?;
+        }
         for (i, b) in f.branches.iter().enumerate() {
             writeln!(out, "{indent}  branch {i}:")?;
             write_chain(out, b, &format!("{indent}    "))?;
@@ -664,9 +687,30 @@ fn write_task_body<W: Write>(out: &mut W, t: &TaskReport, indent: &str) -> io::R
     Ok(())
 }
 
+/// Moves the undescribed words of `frames` that are contended mutexes
+/// (other than the one the task itself waits for) into `holds_undescribed`.
+fn mark_undescribed_holds(
+    frames: &mut [Frame],
+    contended: &std::collections::HashSet<u64>,
+    own: Option<u64>,
+) {
+    for f in frames {
+        let found: Vec<u64> = f
+            .undescribed_words
+            .iter()
+            .copied()
+            .filter(|w| contended.contains(w) && Some(*w) != own && !f.holds.contains(w))
+            .collect();
+        f.holds_undescribed = found;
+        for b in &mut f.branches {
+            mark_undescribed_holds(&mut b.frames, contended, own);
+        }
+    }
+}
+
 /// Post-mortem hazards derived from the decoded chains, each with the
 /// evidence that supports it.
-fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
+fn hazards(tasks: &[TaskReport], registry: &[InstrumentedTask]) -> Vec<HazardReport> {
     let mut out = Vec::new();
     // Who holds each mutex (a guard is a live local of that task).
     let mut holders: HashMap<u64, Vec<&TaskReport>> = HashMap::new();
@@ -689,14 +733,28 @@ fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
                     if hid == id {
                         continue;
                     }
-                    let at = h
+                    let frame = h
                         .chain
                         .frames
                         .iter()
-                        .find(|f| f.holds.contains(&m))
+                        .find(|f| f.holds.contains(&m) || f.holds_undescribed.contains(&m));
+                    let at = frame
                         .and_then(|f| f.location.as_ref())
                         .map(|l| format!(", parked at {l}"))
                         .unwrap_or_default();
+                    let how = match frame {
+                        Some(f) if !f.holds.contains(&m) => format!(
+                            "{} keeps a guard for {m:#x} across its await{at}: rustc's debug \
+                             info does not describe that local (a shadowed name), but a word of \
+                             {}'s saved state that no variable covers is the mutex's address",
+                            h.label(),
+                            f.function
+                        ),
+                        _ => format!(
+                            "{} keeps a MutexGuard for {m:#x} across its await{at}",
+                            h.label()
+                        ),
+                    };
                     out.push(HazardReport {
                         kind: "lock-held-by-other-task",
                         tasks: vec![id, hid],
@@ -712,10 +770,7 @@ fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
                                 t.label(),
                                 t.await_point().map(ToString::to_string).unwrap_or_default()
                             ),
-                            format!(
-                                "{} keeps a MutexGuard for {m:#x} across its await{at}",
-                                h.label()
-                            ),
+                            how,
                         ],
                     });
                     edges.insert(id, (hid, format!("mutex {m:#x}")));
@@ -731,14 +786,35 @@ fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
     }
     // Lost waker: idle, not notified, and the ref count leaves room for no
     // Waker. tokio counts one reference for the owned-task list, one for a
-    // live JoinHandle (join interest) and one per Waker clone.
+    // live JoinHandle (join interest) and one per Waker clone. A clone that
+    // a wrapper of the task's own future keeps in an Arc nobody else holds
+    // (taskscope's waker shim) cannot wake it from outside either.
     for t in tasks {
         let s = &t.state;
         if t.lifecycle != "idle" || s.notified || t.stage.as_deref() != Some("running") {
             continue;
         }
         let Some(id) = t.id else { continue };
-        let baseline = 1 + u64::from(s.join_interest);
+        let private: Vec<&Frame> = t
+            .chain
+            .frames
+            .iter()
+            .filter(|f| {
+                f.private_wakers
+                    .iter()
+                    .any(|p| format!("{p:#x}") == t.header)
+            })
+            .collect();
+        let private_refs: u64 = private
+            .iter()
+            .map(|f| {
+                f.private_wakers
+                    .iter()
+                    .filter(|p| format!("{:#x}", **p) == t.header)
+                    .count() as u64
+            })
+            .sum();
+        let baseline = 1 + u64::from(s.join_interest) + private_refs;
         if s.ref_count > baseline {
             continue;
         }
@@ -752,6 +828,61 @@ fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
             .as_ref()
             .map(|l| l.description.clone())
             .unwrap_or_else(|| "an unknown future".into());
+        let mut counted = vec!["1 (owned-task list)".to_string()];
+        if s.join_interest {
+            counted.push("1 (JoinHandle)".into());
+        }
+        for f in &private {
+            counted.push(format!("1 (the waker kept by {})", f.function));
+        }
+        let mut evidence = vec![
+            format!("state word {:#x}: idle, not notified, not running", s.raw),
+            format!(
+                "reference count {} = {} — no Waker clone outside the task holds a reference",
+                s.ref_count,
+                counted.join(" + ")
+            ),
+        ];
+        for f in &private {
+            evidence.push(format!(
+                "{} keeps its copy of the task's waker in an Arc whose strong count is 1 \
+                 and has no Weak: nothing outside the task can reach it",
+                f.function
+            ));
+        }
+        evidence.push(format!(
+            "innermost future: {on} (returned Pending without storing cx.waker()?)"
+        ));
+        // taskscope's registry, when linked in, counted the wakers too: the
+        // task's own record (tokio's waker) and the records of futures
+        // wrapped with `taskscope::instrument` inside it (the wrapper's).
+        let records = t.instrumented.iter().chain(
+            registry
+                .iter()
+                .filter(|i| i.source == "wrapper" && i.parent_tokio_id == Some(id)),
+        );
+        for i in records {
+            let live = i.waker_clones.saturating_sub(i.waker_drops);
+            let whose = if i.source == "wrapper" {
+                match &i.name {
+                    Some(n) => format!("the waker taskscope's wrapper \"{n}\" hands its future"),
+                    None => "the waker taskscope's wrapper hands its future".to_string(),
+                }
+            } else {
+                "the task's waker".to_string()
+            };
+            let verdict = if live == 0 {
+                "none alive, which agrees".to_string()
+            } else if i.source != "wrapper" && live as usize <= private.len() {
+                format!("{live} alive: the one the wrapper keeps for itself")
+            } else {
+                format!("{live} unaccounted for (a clone outside tokio's count?)")
+            };
+            evidence.push(format!(
+                "taskscope's registry counted {} clone(s) and {} drop(s) of {whose} over {} poll(s): {verdict}",
+                i.waker_clones, i.waker_drops, i.polls
+            ));
+        }
         out.push(HazardReport {
             kind: "lost-waker",
             tasks: vec![id],
@@ -760,35 +891,8 @@ fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
                 "{} is parked{at} and no waker for it exists: nothing can ever wake it",
                 t.label()
             ),
-            evidence: vec![
-                format!("state word {:#x}: idle, not notified, not running", s.raw),
-                format!(
-                    "reference count {} = 1 (owned-task list){} — no Waker clone holds a reference",
-                    s.ref_count,
-                    if s.join_interest {
-                        " + 1 (JoinHandle)"
-                    } else {
-                        ""
-                    }
-                ),
-                format!("innermost future: {on} (returned Pending without storing cx.waker()?)"),
-            ],
+            evidence,
         });
-        // taskscope's registry, when linked in, counted the wakers too.
-        if let (Some(i), Some(h)) = (&t.instrumented, out.last_mut()) {
-            let live = i.waker_clones.saturating_sub(i.waker_drops);
-            h.evidence.push(format!(
-                "taskscope's registry counted {} waker clone(s) and {} drop(s) over {} poll(s): {}",
-                i.waker_clones,
-                i.waker_drops,
-                i.polls,
-                if live == 0 {
-                    "none alive, which agrees".to_string()
-                } else {
-                    format!("{live} unaccounted for (a clone outside tokio's count?)")
-                }
-            ));
-        }
     }
     // Parked on a resource only this task can reach (an Arc with one owner,
     // held by the waiting task itself).
@@ -848,7 +952,19 @@ fn hazards(tasks: &[TaskReport]) -> Vec<HazardReport> {
                         .iter()
                         .map(|n| {
                             let (to, via) = &edges[n];
-                            format!("task {n} waits for task {to} (via {via})")
+                            let who = |id: &u64| {
+                                tasks
+                                    .iter()
+                                    .find(|t| t.id == Some(*id))
+                                    .map_or_else(|| format!("task {id}"), TaskReport::label)
+                            };
+                            let at = tasks
+                                .iter()
+                                .find(|t| t.id == Some(*n))
+                                .and_then(TaskReport::await_point)
+                                .map(|l| format!(" at {l}"))
+                                .unwrap_or_default();
+                            format!("{} waits{at} for {} (via {via})", who(n), who(to))
                         })
                         .collect();
                     let names: Vec<String> = cycle

@@ -44,8 +44,12 @@ pub struct InitArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Print only the directory holding the scripts (for the gdb auto-load stub).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "script")]
     pub print_dir: bool,
+    /// Print only the path of the script to load: `gdb -x "$(taskscope gdb-init --script)" -p PID`,
+    /// `lldb-19 -o "command script import $(taskscope lldb-init --script)" -p PID`.
+    #[arg(long)]
+    pub script: bool,
 }
 
 /// Which debugger `*-init` is for.
@@ -103,6 +107,14 @@ pub fn run_init(debugger: Debugger, args: InitArgs) -> anyhow::Result<ExitCode> 
         writeln!(out, "{}", dir.display())?;
         return Ok(ExitCode::SUCCESS);
     }
+    let script = dir.join(match debugger {
+        Debugger::Gdb => "taskscope_gdb.py",
+        Debugger::Lldb => "taskscope_lldb.py",
+    });
+    if args.script {
+        writeln!(out, "{}", script.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     match debugger {
         Debugger::Gdb => {
             writeln!(
@@ -112,9 +124,9 @@ pub fn run_init(debugger: Debugger, args: InitArgs) -> anyhow::Result<ExitCode> 
             )?;
             writeln!(
                 out,
-                "# Use: gdb -x <(taskscope gdb-init) PROGRAM, or add these lines to ~/.gdbinit."
+                "# Use: gdb -x \"$(taskscope gdb-init --script)\" -p PID (or PROGRAM [CORE]), or add the next line to ~/.gdbinit."
             )?;
-            writeln!(out, "source {}", dir.join("taskscope_gdb.py").display())?;
+            writeln!(out, "source {}", script.display())?;
         }
         Debugger::Lldb => {
             writeln!(
@@ -124,13 +136,9 @@ pub fn run_init(debugger: Debugger, args: InitArgs) -> anyhow::Result<ExitCode> 
             )?;
             writeln!(
                 out,
-                "# Use: lldb-19 -s <(taskscope lldb-init) PROGRAM, or add these lines to ~/.lldbinit."
+                "# Use: lldb-19 -o \"command script import $(taskscope lldb-init --script)\" -p PID (or PROGRAM -c CORE), or add the next line to ~/.lldbinit."
             )?;
-            writeln!(
-                out,
-                "command script import {}",
-                dir.join("taskscope_lldb.py").display()
-            )?;
+            writeln!(out, "command script import {}", script.display())?;
         }
     }
     Ok(ExitCode::SUCCESS)

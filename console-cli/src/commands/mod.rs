@@ -1,8 +1,8 @@
 //! One module per subcommand.
 
 pub mod ci;
-pub mod debugger;
 pub mod console;
+pub mod debugger;
 pub mod demo;
 pub mod dump;
 pub mod report;

@@ -270,12 +270,10 @@ pub(crate) fn histogram_lines(
 fn link_text(state: &ConsoleState, task: &Task, link: Link) -> String {
     let model = state.model();
     match link {
-        Link::Task(id) => {
-            match model.tasks.get(&id) {
-                Some(t) => format!("parent task: {} (id {})", t.display_name(), t.display_id()),
-                None => format!("parent task: id {id} (gone)"),
-            }
-        }
+        Link::Task(id) => match model.tasks.get(&id) {
+            Some(t) => format!("parent task: {} (id {})", t.display_name(), t.display_id()),
+            None => format!("parent task: id {id} (gone)"),
+        },
         Link::Resource(rid) => {
             let what = model.resources.get(&rid).map_or_else(
                 || format!("resource {rid}"),
