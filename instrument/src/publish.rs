@@ -111,6 +111,10 @@ pub(crate) struct Tick {
     pub new_hazards: Vec<Hazard>,
     pub dropped: DropCounters,
     pub live_tasks: u64,
+    /// The process info, on the last tick of a publish when it changed since
+    /// the previous one (sources and runtimes appear as the app starts, after
+    /// a recording or a watcher got its first state).
+    pub process: Option<ProcessInfo>,
 }
 
 impl Default for Tick {
@@ -127,6 +131,7 @@ impl Default for Tick {
             new_hazards: Vec::new(),
             dropped: DropCounters::default(),
             live_tasks: 0,
+            process: None,
         }
     }
 }
@@ -143,6 +148,8 @@ pub(crate) struct Publisher {
     fingerprints: HashSet<String>,
     dropped_hazards: u64,
     pub dropped_recording_frames: u64,
+    /// What the last tick carrying process info carried.
+    sent_process: Option<ProcessInfo>,
 }
 
 impl Publisher {
@@ -154,6 +161,7 @@ impl Publisher {
             fingerprints: HashSet::new(),
             dropped_hazards: 0,
             dropped_recording_frames: 0,
+            sent_process: None,
         }
     }
 
@@ -284,6 +292,11 @@ impl Publisher {
                 t.edges = Some(state.edges.clone());
                 t.new_hazards = self.detect(&state, at);
                 t.dropped = self.dropped();
+                let process = self.process();
+                if self.sent_process.as_ref() != Some(&process) {
+                    self.sent_process = Some(process.clone());
+                    t.process = Some(process);
+                }
                 ticks.push(t);
                 break;
             }
@@ -390,7 +403,7 @@ pub(crate) fn tick_to_update(t: &Tick, paused: bool) -> taskscope_wire::proto::U
     use taskscope_wire::proto;
     proto::Update {
         at: Some(t.at.into()),
-        process: None,
+        process: t.process.as_ref().map(proto::ProcessInfo::from),
         full: false,
         last_chunk: t.edges.is_some(),
         tasks: t.tasks.iter().map(proto::Task::from).collect(),

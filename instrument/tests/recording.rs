@@ -85,6 +85,16 @@ fn a_recording_is_complete_after_the_guard_drops_even_when_the_port_is_taken() {
         assert_eq!(t.polls, 2, "sleep once: two polls");
     }
     assert_eq!(named("rec-parked").map(|t| t.state), Some(TaskState::Idle));
+    // The first frame was written before any task existed; what the app
+    // turned out to use reaches the recording later (detectors trust waker
+    // counts only from a known source).
+    let process = state.process.as_ref().expect("process info");
+    assert!(
+        process.sources.iter().any(|s| s == "tracing"),
+        "{:?}",
+        process.sources
+    );
+    assert!(!process.runtimes.is_empty(), "the runtime is recorded");
     assert_eq!(
         named("rec-last").map(|t| t.state),
         Some(TaskState::Completed),
