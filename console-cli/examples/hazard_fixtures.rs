@@ -550,8 +550,10 @@ async fn nested_runtime(bad: bool) {
 async fn multiple_runtimes(bad: bool) {
     if bad {
         let second = std::thread::spawn(|| {
-            let rt = multi_thread(1); // HAZARD: multiple-runtimes
-            rt.block_on(settle(500));
+            // The finding points at the new runtime's first block_on or
+            // spawn: where it was built is not observable.
+            let rt = multi_thread(1);
+            rt.block_on(settle(500)); // HAZARD: multiple-runtimes
         });
         settle(600).await;
         let _ = second.join();

@@ -99,8 +99,9 @@ impl<F> Instrumented<F> {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Ids of wrapped tasks have this bit set.
-pub const WRAPPED_ID_BIT: u64 = 1 << 62;
+/// Ids of wrapped tasks have this bit set (shared with every client, which
+/// shows such tasks as `w<n>`).
+pub use taskscope_wire::model::WRAPPED_ID_BIT;
 
 /// Un-does the poll bookkeeping even if the inner poll unwinds.
 struct PollGuard<'a> {

@@ -362,6 +362,37 @@ fn multiple_runtimes(cx: &Cx<'_>, out: &mut Vec<Hazard>) {
             if r.workers == 1 { "" } else { "s" }
         ));
     }
+    // Where each runtime after the first showed up: its first task (a
+    // `block_on` or a spawn) — the closest evidence of where it was built.
+    let mut newer: Vec<_> = alive.iter().map(|r| r.id).collect();
+    newer.sort_unstable();
+    for rt in newer.into_iter().skip(1) {
+        let first = cx
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.runtime_id == Some(rt) && t.kind != "blocking")
+            .filter(|t| t.location.as_ref().is_some_and(|l| l.is_known()))
+            // The runtime's own worker threads are not where the user built it.
+            .min_by_key(|t| (t.kind != "block_on", t.created_at, t.id));
+        if let Some(t) = first {
+            let loc = t.location.clone().unwrap_or_default();
+            h.evidence.push(format!(
+                "runtime #{rt} first ran {} `{}` at {}:{}",
+                if t.kind == "block_on" {
+                    "block_on"
+                } else {
+                    "task"
+                },
+                t.display_name(),
+                loc.file,
+                loc.line
+            ));
+            if h.location.is_none() {
+                h.location = Some(loc);
+            }
+        }
+    }
     let ids: Vec<u64> = alive.iter().map(|r| r.id).collect();
     h.fingerprint = format!(
         "{}:rt{}",
