@@ -12,7 +12,8 @@ Load with `command script import /path/to/taskscope_lldb.py` (see
     async-bt, async-hazards   the same as top-level commands, like gdb's
 
 A summary provider shows async state machines (`{async_fn_env#N}`) and tokio
-JoinHandles as the analyzer describes them.
+task handles (JoinHandle, AbortHandle, RawTask, the task Header) as the
+analyzer describes them.
 
 lldb decodes Rust enums wrongly and cannot find generic types by name, so
 nothing here decodes: the taskscope binary does (taskscope_core.py explains
@@ -192,6 +193,7 @@ def __lldb_init_module(debugger: Any, internal_dict: Any) -> None:
     run(f"command script add -o -f {name}.cmd_hazards async-hazards")
     run(
         f"type summary add -w taskscope -p -r -F {name}.summary -x "
-        "'^([^<]*::\\{async_(fn|block)_env#[0-9]+\\}(<.*>)?|tokio::runtime::task::join::JoinHandle<.*>)$'"
+        "'^([^<]*::\\{async_(fn|block)_env#[0-9]+\\}(<.*>)?"
+        "|tokio::runtime::task::(join::JoinHandle<.*>|abort::AbortHandle|raw::RawTask|core::Header))$'"
     )
     run("type category enable taskscope")
