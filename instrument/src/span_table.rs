@@ -40,10 +40,25 @@ pub(crate) enum SpanEntry {
     AsyncOp(Arc<AsyncOpCell>),
 }
 
-/// Hashes a span id (already unique) with one multiply and a fold, so
-/// that both the low bits (bucket) and the top bits (hashbrown's tag) vary.
+/// Hashes a span id so that a short run of consecutive ids lands in
+/// consecutive buckets of one shard, and runs are scattered.
+///
+/// tracing-subscriber's span ids are slab addresses (slot index in the low
+/// bits, then the creating thread, then a generation), and tokio polls
+/// tasks roughly in the order it spawned them, so consecutive polls often
+/// ask for neighbouring ids: keeping a run of [`RUN`] ids together lets
+/// them share the control-byte and slot cache lines. Whole runs are mixed
+/// (one multiply and a fold), because a fully order-preserving hash packs
+/// live ids into long stretches of full buckets, and every probe for an id
+/// that is not in the table (timer and async-op spans are entered all the
+/// time) would then walk those stretches to find an empty bucket.
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
+
+/// log2 of the number of consecutive span ids kept together.
+const RUN_BITS: u32 = 3;
+/// Consecutive span ids kept in one shard, in neighbouring buckets.
+const RUN: u64 = 1 << RUN_BITS;
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -54,9 +69,11 @@ impl Hasher for IdHasher {
             self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
         }
     }
+    #[inline]
     fn write_u64(&mut self, id: u64) {
-        let x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = x ^ (x >> 32);
+        let x = (id >> RUN_BITS).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let x = x ^ (x >> 29);
+        self.0 = (x << RUN_BITS) | (id & (RUN - 1));
     }
 }
 
@@ -76,8 +93,9 @@ fn shards() -> &'static [Shard; SHARDS] {
 
 #[inline]
 fn shard(id: u64) -> MutexGuard<'static, Map> {
-    // A different multiplier than the map's hash, top bits.
-    let i = (id.wrapping_mul(0xd6e8_feb8_6659_fd93) >> 58) as usize % SHARDS;
+    // A run of consecutive ids shares a shard (see [`IdHasher`]); another
+    // multiplier than the map's, top bits.
+    let i = ((id >> RUN_BITS).wrapping_mul(0xd6e8_feb8_6659_fd93) >> 58) as usize % SHARDS;
     // Nothing panics while a shard is locked except allocation failure,
     // which aborts; a poisoned shard is still consistent.
     shards()[i].0.lock().unwrap_or_else(|e| e.into_inner())
@@ -122,6 +140,36 @@ mod tests {
         assert!(matches!(remove(u64::MAX - 5), Some(SpanEntry::Task(_))));
         assert!(get(u64::MAX - 5).is_none());
         assert!(remove(u64::MAX - 6).is_some());
+        assert_eq!(Arc::strong_count(&cell), 1, "the table let go of the task");
+    }
+
+    #[test]
+    fn ids_that_share_a_slot_but_not_a_thread_or_generation_stay_apart() {
+        let cell = Arc::new(TaskCell::new(
+            u64::MAX - 7,
+            Source::Tracing,
+            TaskIdentity::unnamed("task"),
+        ));
+        // Same slot bits (the hash's bucket index), other high bits: the
+        // ids a slab hands out for other threads and reused slots.
+        let ids: Vec<u64> = (0..4u64)
+            .flat_map(|hi| (1..200u64).map(move |slot| (0x7700 + hi) << 44 | slot))
+            .collect();
+        for &id in &ids {
+            insert(id, SpanEntry::User(cell.clone()));
+        }
+        for &id in &ids {
+            assert!(matches!(get(id), Some(SpanEntry::User(_))), "{id:#x}");
+        }
+        for &id in ids.iter().step_by(2) {
+            assert!(remove(id).is_some());
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(get(id).is_some(), i % 2 == 1, "{id:#x}");
+        }
+        for &id in ids.iter().skip(1).step_by(2) {
+            assert!(remove(id).is_some());
+        }
         assert_eq!(Arc::strong_count(&cell), 1, "the table let go of the task");
     }
 }

@@ -393,7 +393,6 @@ impl TaskCell {
         if by_value {
             self.waker_drops.fetch_add(1, Relaxed);
         }
-        let now = clock::now_ns();
         let r = self.state.fetch_update(Relaxed, Relaxed, |s| match s {
             state::IDLE => Some(state::SCHEDULED),
             state::RUNNING => Some(state::RUNNING_WOKEN),
@@ -401,9 +400,12 @@ impl TaskCell {
         });
         match r {
             // A wake of an idle task starts its scheduled time.
-            Ok(state::IDLE) => self.last_wake.store(now, Relaxed),
+            Ok(state::IDLE) => self.last_wake.store(clock::now_ns(), Relaxed),
+            // A wake during a poll (`yield_now`, a self-wake, another
+            // thread): the task counts as woken at the poll's end, which
+            // [`poll_ended`](Self::poll_ended) stamps, so the clock is not
+            // read here (the most frequent wake of all).
             Ok(_) => {
-                self.last_wake.store(now, Relaxed);
                 self.wakes_while_scheduled.fetch_add(1, Relaxed);
             }
             Err(_) => {
