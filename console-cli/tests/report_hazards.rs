@@ -62,11 +62,7 @@ const CASES: &[Case] = &[
         expect: Expect::Gap("the instrumentation sees runtimes but not when one is dropped (tokio emits nothing then), so a runtime dropped with live tasks is not told apart from tasks cancelled by abort; the dropped task shows as cancelled-midway"),
         also: &["cancelled-midway"],
     },
-    Case {
-        id: "leaked-task",
-        expect: Expect::Gap("the instrumentation publishes a Holds edge only while the holder task is live, so a guard leaked with mem::forget by a finished task leaves no evidence (the detector handles it when the edge is there)"),
-        also: &[],
-    },
+    Case { id: "leaked-task", expect: Expect::Found, also: &[] },
     Case { id: "futurelock", expect: Expect::Found, also: &[] },
     Case { id: "deadlock-cycle", expect: Expect::Found, also: &[] },
     Case {
@@ -81,11 +77,7 @@ const CASES: &[Case] = &[
     },
     Case { id: "large-future", expect: Expect::Found, also: &[] },
     Case { id: "unbounded-growth", expect: Expect::Found, also: &[] },
-    Case {
-        id: "unpolled-future",
-        expect: Expect::Gap("taskscope::instrument registers a future at its first poll, so one never polled is invisible"),
-        also: &[],
-    },
+    Case { id: "unpolled-future", expect: Expect::Found, also: &[] },
     Case {
         id: "held-across-await",
         expect: Expect::Gap("the instrumentation sets no held-across-await marker (std guards are invisible to tracing); post-mortem only"),

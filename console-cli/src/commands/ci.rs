@@ -14,9 +14,7 @@ use anyhow::Context;
 
 use super::report::{finish, root_dir};
 use crate::report::source::from_recording;
-use crate::report::{
-    lockfile, FailOn, Report, ReportConfig, ReportFormat, SourceKind, SourceReport,
-};
+use crate::report::{lockfile, Report, ReportConfig, SourceKind, SourceReport};
 
 pub const LONG_ABOUT: &str = "\
 Run a command (usually your test suite) with every taskscope-instrumented
@@ -49,21 +47,8 @@ itself cannot run (bad taskscope.toml, command not found).";
 /// Run a command with recording on, then report hazards over all recordings.
 #[derive(Debug, clap::Args)]
 pub struct CiArgs {
-    /// Output format.
-    #[arg(long, short = 'f', value_enum, default_value_t = ReportFormat::Markdown)]
-    pub format: ReportFormat,
-    /// Write the report here instead of stdout.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Exit with 1 when an unsuppressed finding of this level or above remains.
-    #[arg(long, value_enum, default_value_t = FailOn::Error)]
-    pub fail_on: FailOn,
-    /// taskscope.toml to read (default: ./taskscope.toml or the repository root's).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Repository root that locations are made relative to.
-    #[arg(long, value_name = "DIR")]
-    pub root: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: super::report::ReportOptions,
     /// Keep the recordings in this directory instead of a temporary one.
     #[arg(long, value_name = "DIR")]
     pub record_dir: Option<PathBuf>,
@@ -115,8 +100,8 @@ pub fn load_recordings(dir: &Path, config: &ReportConfig) -> anyhow::Result<Vec<
 }
 
 pub fn run(args: CiArgs) -> anyhow::Result<ExitCode> {
-    let root = root_dir(args.root.as_deref())?;
-    let config = ReportConfig::discover(args.config.as_deref(), &root)?;
+    let root = root_dir(args.report.root.as_deref())?;
+    let config = ReportConfig::discover(args.report.config.as_deref(), &root)?;
     let temp;
     let dir: PathBuf = match &args.record_dir {
         Some(d) => {
@@ -172,8 +157,8 @@ pub fn run(args: CiArgs) -> anyhow::Result<ExitCode> {
             eprintln!("taskscope ci: warning: {}: {w}", s.name);
         }
     }
-    let report = Report::new(root, args.fail_on, sources, &config);
-    let code = finish(&report, args.format, args.output.as_deref())?;
+    let report = Report::new(root, args.report.fail_on, sources, &config);
+    let code = finish(&report, args.report.format, args.report.output.as_deref())?;
     if !status.success() {
         eprintln!(
             "taskscope ci: `{}` failed: {status}",

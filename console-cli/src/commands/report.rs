@@ -25,10 +25,9 @@ Exit status: 0 when no unsuppressed finding is at or above --fail-on, 1 when
 one is, 2 when the source cannot be read.";
 
 /// Report the hazards of a recording, a live target or a core.
+/// What `report` and `ci` share: how the report is written and judged.
 #[derive(Debug, clap::Args)]
-pub struct ReportArgs {
-    /// A recording (.tsrec), a live target (http://…, host:port, unix:/path) or an ELF core.
-    pub source: String,
+pub struct ReportOptions {
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = ReportFormat::Markdown)]
     pub format: ReportFormat,
@@ -46,6 +45,14 @@ pub struct ReportArgs {
     /// nearest directory above the current one holding .git).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A recording (.tsrec), a live target (http://…, host:port, unix:/path) or an ELF core.
+    pub source: String,
+    #[command(flatten)]
+    pub report: ReportOptions,
     /// The executable of a core file, when not the one the core names.
     #[arg(long, value_name = "FILE")]
     pub exe: Option<PathBuf>,
@@ -98,8 +105,8 @@ pub fn finish(
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let root = root_dir(args.root.as_deref())?;
-    let config = ReportConfig::discover(args.config.as_deref(), &root)?;
+    let root = root_dir(args.report.root.as_deref())?;
+    let config = ReportConfig::discover(args.report.config.as_deref(), &root)?;
     let spec = source::classify(&args.source)?;
     let options = LoadOptions {
         exe: args.exe.clone(),
@@ -109,6 +116,6 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     for w in &loaded.warnings {
         eprintln!("taskscope report: warning: {}: {w}", loaded.name);
     }
-    let report = Report::new(root, args.fail_on, vec![loaded], &config);
-    finish(&report, args.format, args.output.as_deref())
+    let report = Report::new(root, args.report.fail_on, vec![loaded], &config);
+    finish(&report, args.report.format, args.report.output.as_deref())
 }
