@@ -4,39 +4,12 @@
 //! the exit status follows `--fail-on`, suppressions and the command's own
 //! status; the static Cargo.lock check finds a second tokio.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
-
-fn fixture_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "taskscope-cli",
-                "--example",
-                "hazard_fixtures",
-            ])
-            .current_dir(workspace_root())
-            .status()
-            .expect("run cargo build --example hazard_fixtures");
-        assert!(status.success(), "building the fixtures failed");
-        Path::new(env!("CARGO_BIN_EXE_taskscope"))
-            .parent()
-            .expect("binary directory")
-            .join("examples/hazard_fixtures")
-    })
-}
+use support::{hazard_fixtures as fixture_binary, workspace_root};
 
 /// `taskscope ci <args…> -- <command…>` in `cwd`.
 fn ci(cwd: &Path, args: &[&str], command: &[&str]) -> Output {

@@ -4,18 +4,15 @@
 //! source line, JUnit XML, Markdown and JSON; `--fail-on` exit statuses;
 //! `[[suppress]]` rules and their required reason.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const FIXTURE_SOURCE: &str = "console-cli/examples/hazard_fixtures.rs";
+use support::workspace_root;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
+const FIXTURE_SOURCE: &str = "console-cli/examples/hazard_fixtures.rs";
 
 fn marker_line(id: &str) -> u32 {
     let text = std::fs::read_to_string(workspace_root().join(FIXTURE_SOURCE))
@@ -41,23 +38,7 @@ struct Recordings {
 fn recordings() -> &'static Recordings {
     static R: OnceLock<Recordings> = OnceLock::new();
     R.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "taskscope-cli",
-                "--example",
-                "hazard_fixtures",
-            ])
-            .current_dir(workspace_root())
-            .status()
-            .expect("run cargo build --example hazard_fixtures");
-        assert!(status.success(), "building the fixtures failed");
-        let exe = Path::new(env!("CARGO_BIN_EXE_taskscope"))
-            .parent()
-            .expect("binary directory")
-            .join("examples/hazard_fixtures");
+        let exe = support::hazard_fixtures().to_path_buf();
         let dir = tempfile::tempdir().expect("temp dir");
         let runs = [
             ("deadlock-cycle", "bad", "deadlock.tsrec"),

@@ -10,10 +10,12 @@
 //! reason; their fixtures still run, and must still produce no finding of
 //! an unrelated kind, and silence on the clean twin.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+
+use support::{hazard_fixtures as fixture_binary, workspace_root};
 
 /// Thresholds for bounded-time fixtures: the hazards' own defaults are
 /// minutes (leaked tasks, growth windows), and a shared 2-core CI machine
@@ -85,41 +87,7 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
-
 const FIXTURE_SOURCE: &str = "console-cli/examples/hazard_fixtures.rs";
-
-/// Builds the fixture example (a no-op when fresh) and returns its path.
-fn fixture_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "taskscope-cli",
-                "--example",
-                "hazard_fixtures",
-            ])
-            .current_dir(workspace_root())
-            .status()
-            .expect("run cargo build --example hazard_fixtures");
-        assert!(status.success(), "building the fixtures failed");
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_taskscope"))
-            .parent()
-            .expect("binary directory")
-            .to_path_buf();
-        let exe = bin_dir.join("examples").join("hazard_fixtures");
-        assert!(exe.is_file(), "{} was not built", exe.display());
-        exe
-    })
-}
 
 /// `// HAZARD: <id>` marker lines of the fixture source.
 fn markers() -> BTreeMap<String, u32> {

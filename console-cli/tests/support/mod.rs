@@ -95,3 +95,39 @@ pub fn json_tasks(doc: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
         .map(|t| (t["name"].as_str().unwrap_or("").to_string(), t.clone()))
         .collect()
 }
+
+/// The workspace root (where the fixture sources and `Cargo.lock` live).
+pub fn workspace_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Builds the `hazard_fixtures` example (a no-op when fresh) once per test
+/// process and returns its path.
+pub fn hazard_fixtures() -> &'static Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "taskscope-cli",
+                "--example",
+                "hazard_fixtures",
+            ])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build --example hazard_fixtures");
+        assert!(status.success(), "building the fixtures failed");
+        let exe = Path::new(env!("CARGO_BIN_EXE_taskscope"))
+            .parent()
+            .expect("binary directory")
+            .join("examples")
+            .join("hazard_fixtures");
+        assert!(exe.is_file(), "{} was not built", exe.display());
+        exe
+    })
+}
