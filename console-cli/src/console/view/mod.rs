@@ -371,6 +371,36 @@ pub(crate) fn selected_style() -> Style {
     Style::new().add_modifier(Modifier::REVERSED)
 }
 
+/// Draws a list's frame: its title, then the active filter (with `hint`,
+/// e.g. how to clear it). Returns the area inside the frame and the rows
+/// that fit under the list's header line, scrolled to keep `selected` shown,
+/// with the index of the first of them.
+pub(crate) fn list_frame<'r, T>(
+    mut title: Vec<Span<'_>>,
+    filter: &str,
+    hint: &str,
+    selected: usize,
+    rows: &'r [T],
+    area: Rect,
+    buf: &mut Buffer,
+) -> (Rect, usize, &'r [T]) {
+    if !filter.is_empty() {
+        title.push(Span::styled(
+            format!("filter /{filter}/{hint} "),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    let block = Block::default()
+        .borders(Borders::TOP)
+        .title(Line::from(title));
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let height = inner.height.saturating_sub(1) as usize;
+    let offset = scroll_offset(selected, height);
+    let visible = &rows[offset.min(rows.len())..(offset + height).min(rows.len())];
+    (inner, offset, visible)
+}
+
 /// The first row to show so that `selected` is visible in `height` rows.
 pub(crate) fn scroll_offset(selected: usize, height: usize) -> usize {
     if height == 0 || selected < height {

@@ -10,34 +10,28 @@ use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, Widget, Wrap
 use taskscope_wire::hazards::fmt_ns;
 use taskscope_wire::model::{EdgeKind, Resource, ResourceId, Timestamp};
 
-use super::{scroll_offset, selected_style};
+use super::{list_frame, selected_style};
 use crate::console::state::ConsoleState;
 
 pub fn render_list(state: &ConsoleState, area: Rect, buf: &mut Buffer) {
     let model = state.model();
     let rows = state.resource_rows();
-    let mut title = vec![
+    let title = vec![
         Span::styled(
             format!(" Resources ({}) ", rows.len()),
             Style::new().add_modifier(Modifier::BOLD),
         ),
         Span::raw("Enter: holders and waiters · t: tasks "),
     ];
-    let filter = state.filter().text();
-    if !filter.is_empty() {
-        title.push(Span::styled(
-            format!("filter /{filter}/ (Esc clears) "),
-            Style::new().fg(Color::Yellow),
-        ));
-    }
-    let block = Block::default()
-        .borders(Borders::TOP)
-        .title(Line::from(title));
-    let inner = block.inner(area);
-    block.render(area, buf);
-    let height = inner.height.saturating_sub(1) as usize;
-    let offset = scroll_offset(state.resource_selected(), height);
-    let visible = &rows[offset.min(rows.len())..(offset + height).min(rows.len())];
+    let (inner, offset, visible) = list_frame(
+        title,
+        state.filter().text(),
+        " (Esc clears)",
+        state.resource_selected(),
+        rows,
+        area,
+        buf,
+    );
     let header = Row::new([
         "ID",
         "KIND",

@@ -3,13 +3,13 @@
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
-use ratatui::style::{Color, Modifier, Style};
-use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Row, Table, Widget};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Span;
+use ratatui::widgets::{Cell, Row, Table, Widget};
 use taskscope_wire::hazards::fmt_ns;
 use taskscope_wire::model::{Task, TaskState, Timestamp};
 
-use super::{scroll_offset, selected_style, severity_style, state_style};
+use super::{list_frame, selected_style, severity_style, state_style};
 use crate::console::state::{ConsoleState, TaskColumn};
 
 pub fn render(state: &ConsoleState, area: Rect, buf: &mut Buffer) {
@@ -25,22 +25,15 @@ pub fn render(state: &ConsoleState, area: Rect, buf: &mut Buffer) {
         sort.title(),
         if descending { "↓" } else { "↑" }
     )));
-    let filter = state.filter().text();
-    if !filter.is_empty() {
-        title.push(Span::styled(
-            format!("filter /{filter}/ "),
-            Style::new().fg(Color::Yellow),
-        ));
-    }
-    let block = Block::default()
-        .borders(Borders::TOP)
-        .title(Line::from(title));
-    let inner = block.inner(area);
-    block.render(area, buf);
-
-    let height = inner.height.saturating_sub(1) as usize;
-    let offset = scroll_offset(state.task_selected(), height);
-    let visible = &rows[offset.min(rows.len())..(offset + height).min(rows.len())];
+    let (inner, offset, visible) = list_frame(
+        title,
+        state.filter().text(),
+        "",
+        state.task_selected(),
+        rows,
+        area,
+        buf,
+    );
     let now = model.updated_at.unwrap_or(Timestamp(0));
     let id_width = visible
         .iter()
