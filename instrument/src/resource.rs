@@ -8,7 +8,9 @@
 //!   task T on resource R: T waits on R.
 //! * **Holds** — a `state_update` with `locked = true` (Mutex) or
 //!   `write_locked = true` (RwLock) emitted while task T is being polled:
-//!   T holds R until the matching `false` update.
+//!   T holds R until the matching `false` update. The edge stays after T
+//!   has finished (a guard leaked with `mem::forget` is never released), so
+//!   a task waiting on R can be shown to wait on a holder that is gone.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -293,16 +295,18 @@ pub(crate) fn current_edges(is_live_task: impl Fn(u64) -> bool) -> Vec<WaitEdge>
             if res.dropped_at.load(Relaxed) != 0 {
                 continue;
             }
+            // Kept even when the holder has finished: a guard leaked with
+            // `mem::forget` never sends `locked = false`, and "held by a
+            // task that is gone" is exactly what shows that nobody will
+            // ever unlock it.
             if let Some((task, since)) = *lock(&res.holder) {
-                if is_live_task(task) {
-                    edges.push(WaitEdge {
-                        task_id: task,
-                        resource_id: res.id,
-                        kind: EdgeKind::Holds,
-                        op: "lock".to_string(),
-                        since: ts(since),
-                    });
-                }
+                edges.push(WaitEdge {
+                    task_id: task,
+                    resource_id: res.id,
+                    kind: EdgeKind::Holds,
+                    op: "lock".to_string(),
+                    since: ts(since),
+                });
             }
         }
     });

@@ -258,6 +258,10 @@ pub(crate) struct TaskCell {
     pub identity: TaskIdentity,
     /// Live user spans inside the task (only tasks that have some pay).
     pub spans: crate::backtrace::SpanTree,
+    /// Wrapped futures only: the executor's waker of the latest poll, which
+    /// the task's own waker (pointing at this cell, so one allocation per
+    /// wrapped future) forwards to. `None` once the future is done.
+    pub executor_waker: Mutex<Option<std::task::Waker>>,
 }
 
 /// `size_of::<TaskCell>()`: the fixed memory cost of one task (plus the
@@ -304,6 +308,7 @@ impl TaskCell {
             scheduled_histogram: AtomicHistogram::new(),
             identity,
             spans: crate::backtrace::SpanTree::default(),
+            executor_waker: Mutex::new(None),
         }
     }
 
@@ -316,7 +321,16 @@ impl TaskCell {
         // (or since spawn for the first poll).
         let wake = self.last_wake.load(Relaxed);
         let since = if prev_ended == 0 {
-            self.created_at
+            // A spawned task is scheduled from its spawn; a wrapped future
+            // is registered when created and only becomes a task when
+            // someone first polls it (the gap is the `unpolled-future`
+            // story, not scheduling delay): its first wait counts as 0,
+            // as it did when wrappers registered at their first poll.
+            if self.source == Source::Wrapper {
+                now
+            } else {
+                self.created_at
+            }
         } else if wake > prev_ended {
             wake
         } else {
@@ -596,6 +610,19 @@ impl Registry {
     #[cfg(test)]
     pub(crate) fn lock_shard(&self, i: usize) -> MutexGuard<'_, Shard> {
         lock(&self.shards[i % SHARDS])
+    }
+
+    /// Takes a cell that never ran out of the registry (a wrapped future
+    /// re-registered under its name); `true` if it was there.
+    pub(crate) fn remove(&self, cell: &Arc<TaskCell>) -> bool {
+        let i = cell.shard as usize % SHARDS;
+        let mut s = lock(&self.shards[i]);
+        let Some(at) = s.tasks.iter().position(|c| Arc::ptr_eq(c, cell)) else {
+            return false;
+        };
+        s.tasks.swap_remove(at);
+        crate::debug_header::publish_shard(i, &s.tasks);
+        true
     }
 
     /// A task of shard `shard` finished; wakes the publisher early when

@@ -9,15 +9,24 @@
 //! a task that returned `Pending` while every clone of its waker has been
 //! dropped without a wake.
 //!
+//! The task is registered when the wrapper is created (state idle, no
+//! polls), not at its first poll: futures are lazy, and one that is created
+//! and never polled (or dropped unpolled) is exactly what the
+//! `unpolled-future` hazard is about. Its spawn location is the caller of
+//! [`instrument`]. [`Instrumented::named`] re-registers the not-yet-polled
+//! task under the same id with its name.
+//!
 //! The wrapper needs no tracing subscriber: [`crate::Builder::init_without_tracing`]
 //! starts the server and recorder alone. Futures are tracked only while a
 //! [`crate::Guard`] is alive (its publisher is what evicts finished tasks);
 //! otherwise the wrapper just passes polls through. Its tasks have kind `"wrapped"`
 //! and ids with bit 62 set, so they never collide with tracing span ids.
 //!
-//! The waker allocation is reused across polls while the executor's waker
-//! stays the same (`Waker::will_wake`), so the steady-state cost of a poll
-//! is two clock reads and a few atomic operations.
+//! The task's waker points at the task's cell itself (which keeps the
+//! executor's waker of the latest poll), so a wrapped future costs one
+//! allocation in total. The executor's waker is cloned again only when it
+//! changes (`Waker::will_wake`), so the steady-state cost of a poll is two
+//! clock reads, an uncontended lock and a few atomic operations.
 #![allow(unsafe_code)]
 
 use std::future::Future;
@@ -40,14 +49,51 @@ use crate::task::{intern_file, registry, state, Source, TaskCell, TaskIdentity};
 /// ```
 #[track_caller]
 pub fn instrument<F: Future>(fut: F) -> Instrumented<F> {
+    let location = std::panic::Location::caller();
+    let cell = crate::publish::is_running().then(|| {
+        register::<F>(
+            WRAPPED_ID_BIT | NEXT_ID.fetch_add(1, Relaxed),
+            None,
+            location,
+        )
+    });
     Instrumented {
         inner: fut,
-        cell: None,
-        shim: None,
+        cell,
         name: None,
-        location: std::panic::Location::caller(),
+        location,
         done: false,
     }
+}
+
+/// Creates and registers the cell of a wrapped future that has not been
+/// polled yet (state idle, no polls).
+fn register<F>(
+    id: u64,
+    name: Option<Box<str>>,
+    location: &'static std::panic::Location<'static>,
+) -> Arc<TaskCell> {
+    let cell = Arc::new(TaskCell::new(
+        id,
+        Source::Wrapper,
+        TaskIdentity {
+            name,
+            kind: "wrapped",
+            file: Some(intern_file(location.file())),
+            line: location.line(),
+            column: location.column(),
+            tokio_id: 0,
+            parent_id: current_task(),
+            future_size: Some(std::mem::size_of::<F>() as u64),
+            original_future_size: None,
+            runtime_id: crate::runtime::current_runtime_id(),
+            extra_fields: None,
+        },
+    ));
+    cell.state.store(state::IDLE, Relaxed);
+    registry().insert(cell.clone());
+    crate::publish::note_source(crate::publish::SOURCE_WRAPPER);
+    cell
 }
 
 pin_project_lite::pin_project! {
@@ -57,7 +103,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         cell: Option<Arc<TaskCell>>,
-        shim: Option<Arc<WakerShim>>,
         name: Option<Box<str>>,
         location: &'static std::panic::Location<'static>,
         done: bool,
@@ -69,7 +114,8 @@ pin_project_lite::pin_project! {
             if let Some(cell) = this.cell {
                 if !*this.done {
                     cell.finish(state::CANCELLED, clock::now_ns());
-                    }
+                    release_executor_waker(cell);
+                }
             }
         }
     }
@@ -87,11 +133,37 @@ impl<F> std::fmt::Debug for Instrumented<F> {
 impl<F> Instrumented<F> {
     /// Names the task (shown by the console).
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into().into_boxed_str());
+        let name = name.into().into_boxed_str();
+        match self.cell.take() {
+            // Registered at creation and not polled yet: the name is part
+            // of the cell's identity (read in place by the post-mortem
+            // dump), so the cell leaves the registry, is named, and comes
+            // back under the same id (a publish in between sees the same
+            // task, first unnamed, then named). If the publisher holds the
+            // cell at that moment, a named copy replaces it instead.
+            Some(mut old) if old.polls.load(Relaxed) == 0 && !old.is_done() => {
+                registry().remove(&old);
+                match Arc::get_mut(&mut old) {
+                    Some(cell) => {
+                        cell.identity.name = Some(name);
+                        *cell.dirty.get_mut() = true;
+                        registry().insert(old.clone());
+                        self.cell = Some(old);
+                    }
+                    None => {
+                        self.cell = Some(register::<F>(old.id, Some(name), self.location));
+                    }
+                }
+            }
+            // Already polled: the identity is published, keep it.
+            Some(old) => self.cell = Some(old),
+            None => self.name = Some(name),
+        }
         self
     }
 
-    /// The task id, once the future has been polled.
+    /// The task id, once the future is tracked (from its creation while a
+    /// [`crate::Guard`] is alive, otherwise from its first poll then).
     pub fn task_id(&self) -> Option<u64> {
         self.cell.as_ref().map(|c| c.id)
     }
@@ -125,50 +197,27 @@ impl<F: Future> Future for Instrumented<F> {
             // No guard alive: nothing would ever evict the task.
             return this.inner.poll(cx);
         }
+        // Created while no guard was alive: tracked from its first poll.
         let cell = this.cell.get_or_insert_with(|| {
-            let parent = current_task();
-            let cell = Arc::new(TaskCell::new(
+            register::<F>(
                 WRAPPED_ID_BIT | NEXT_ID.fetch_add(1, Relaxed),
-                Source::Wrapper,
-                TaskIdentity {
-                    name: this.name.take(),
-                    kind: "wrapped",
-                    file: Some(intern_file(this.location.file())),
-                    line: this.location.line(),
-                    column: this.location.column(),
-                    tokio_id: 0,
-                    parent_id: parent,
-                    future_size: Some(std::mem::size_of::<F>() as u64),
-                    original_future_size: None,
-                    runtime_id: crate::runtime::current_runtime_id(),
-                    extra_fields: None,
-                },
-            ));
-            registry().insert(cell.clone());
-            crate::publish::note_source(crate::publish::SOURCE_WRAPPER);
-            cell
+                this.name.take(),
+                this.location,
+            )
         });
         if *this.done {
             // Polled after completion: pass through, nothing to record.
             return this.inner.poll(cx);
         }
-        // The shim is re-made only when the executor's waker changed; the
-        // per-poll waker borrows it (no reference count taken).
-        if !this
-            .shim
-            .as_ref()
-            .is_some_and(|s| s.inner.will_wake(cx.waker()))
+        // The executor's waker is cloned only when it changed; the
+        // per-poll waker borrows the cell (no reference count taken).
         {
-            *this.shim = Some(Arc::new(WakerShim {
-                cell: cell.clone(),
-                inner: cx.waker().clone(),
-            }));
+            let mut slot = lock_waker(cell);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
         }
-        let Some(shim) = this.shim.as_ref() else {
-            // Just set above.
-            return this.inner.poll(cx);
-        };
-        let waker = shim_waker(shim);
+        let waker = cell_waker(cell);
         let mut cx2 = Context::from_waker(&waker);
         cell.poll_started(clock::now_ns());
         push_current(cell);
@@ -178,27 +227,45 @@ impl<F: Future> Future for Instrumented<F> {
         if out.is_ready() {
             *this.done = true;
             cell.finish(state::COMPLETED, clock::now_ns());
-            *this.shim = None;
+            release_executor_waker(cell);
         }
         out
     }
 }
 
-/// The data behind a wrapped task's waker.
-struct WakerShim {
-    cell: Arc<TaskCell>,
-    inner: Waker,
+fn lock_waker(cell: &TaskCell) -> std::sync::MutexGuard<'_, Option<Waker>> {
+    // Only `Option` swaps happen under this lock: poisoning leaves it valid.
+    cell.executor_waker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The future is done: the executor's waker (often a reference to the
+/// executor's task) is not kept while the cell waits for eviction. Wakes
+/// through clones still around become no-ops.
+fn release_executor_waker(cell: &TaskCell) {
+    let old = lock_waker(cell).take();
+    drop(old);
+}
+
+/// Forwards a wake to the executor. The waker is cloned out of the lock
+/// so that an executor that polls inline from `wake` cannot deadlock.
+fn wake_executor(cell: &TaskCell) {
+    let w = lock_waker(cell).clone();
+    if let Some(w) = w {
+        w.wake();
+    }
 }
 
 static VTABLE: RawWakerVTable =
-    RawWakerVTable::new(clone_shim, wake_shim, wake_by_ref_shim, drop_shim);
+    RawWakerVTable::new(clone_waker, wake_waker, wake_by_ref_waker, drop_waker);
 
-/// A borrowed waker over `shim` for one poll. It owns no reference count,
+/// A borrowed waker over `cell` for one poll. It owns no reference count,
 /// so it must never be dropped as a `Waker` (hence `ManuallyDrop`); clones
 /// made from it own one each.
-fn shim_waker(shim: &Arc<WakerShim>) -> ManuallyDrop<Waker> {
-    let raw = RawWaker::new(Arc::as_ptr(shim) as *const (), &VTABLE);
-    // SAFETY: the data pointer comes from a live `Arc<WakerShim>` that the
+fn cell_waker(cell: &Arc<TaskCell>) -> ManuallyDrop<Waker> {
+    let raw = RawWaker::new(Arc::as_ptr(cell) as *const (), &VTABLE);
+    // SAFETY: the data pointer comes from a live `Arc<TaskCell>` that the
     // caller keeps alive for as long as the returned waker is used (the
     // `Context` of one poll); the vtable functions below treat it as such,
     // and `ManuallyDrop` prevents the borrowed waker from releasing a
@@ -206,38 +273,38 @@ fn shim_waker(shim: &Arc<WakerShim>) -> ManuallyDrop<Waker> {
     ManuallyDrop::new(unsafe { Waker::from_raw(raw) })
 }
 
-unsafe fn clone_shim(ptr: *const ()) -> RawWaker {
-    // SAFETY: `ptr` is `Arc::as_ptr` of a live `Arc<WakerShim>` (from
-    // `shim_waker` or an earlier clone); incrementing the strong count gives
-    // the new `RawWaker` its own reference, released in `drop_shim`/`wake_shim`.
-    unsafe { Arc::increment_strong_count(ptr as *const WakerShim) };
+unsafe fn clone_waker(ptr: *const ()) -> RawWaker {
+    // SAFETY: `ptr` is `Arc::as_ptr` of a live `Arc<TaskCell>` (from
+    // `cell_waker` or an earlier clone); incrementing the strong count gives
+    // the new `RawWaker` its own reference, released in `drop_waker`/`wake_waker`.
+    unsafe { Arc::increment_strong_count(ptr as *const TaskCell) };
     // SAFETY: as above, the pointee is alive.
-    let shim = unsafe { &*(ptr as *const WakerShim) };
-    shim.cell.waker_cloned();
+    let cell = unsafe { &*(ptr as *const TaskCell) };
+    cell.waker_cloned();
     RawWaker::new(ptr, &VTABLE)
 }
 
-unsafe fn wake_shim(ptr: *const ()) {
+unsafe fn wake_waker(ptr: *const ()) {
     // SAFETY: a by-value wake consumes an owned clone, which holds one
-    // strong count taken in `clone_shim`; `from_raw` takes it back.
-    let shim = unsafe { Arc::from_raw(ptr as *const WakerShim) };
-    shim.cell.woken(current_task() == shim.cell.id, true);
-    shim.inner.wake_by_ref();
+    // strong count taken in `clone_waker`; `from_raw` takes it back.
+    let cell = unsafe { Arc::from_raw(ptr as *const TaskCell) };
+    cell.woken(current_task() == cell.id, true);
+    wake_executor(&cell);
 }
 
-unsafe fn wake_by_ref_shim(ptr: *const ()) {
-    // SAFETY: the waker this is called on keeps the shim alive.
-    let shim = unsafe { &*(ptr as *const WakerShim) };
-    shim.cell.woken(current_task() == shim.cell.id, false);
-    shim.inner.wake_by_ref();
+unsafe fn wake_by_ref_waker(ptr: *const ()) {
+    // SAFETY: the waker this is called on keeps the cell alive.
+    let cell = unsafe { &*(ptr as *const TaskCell) };
+    cell.woken(current_task() == cell.id, false);
+    wake_executor(cell);
 }
 
-unsafe fn drop_shim(ptr: *const ()) {
+unsafe fn drop_waker(ptr: *const ()) {
     // SAFETY: only owned clones are dropped (the borrowed per-poll waker is
-    // `ManuallyDrop`); each holds one strong count from `clone_shim`.
-    let shim = unsafe { Arc::from_raw(ptr as *const WakerShim) };
-    shim.cell.waker_dropped();
-    drop(shim);
+    // `ManuallyDrop`); each holds one strong count from `clone_waker`.
+    let cell = unsafe { Arc::from_raw(ptr as *const TaskCell) };
+    cell.waker_dropped();
+    drop(cell);
 }
 
 #[cfg(test)]
@@ -285,5 +352,45 @@ mod tests {
         assert_eq!((m.polls, m.wakes, m.self_wakes), (2, 2, 2));
         assert_eq!((m.waker_clones, m.waker_drops), (1, 1));
         assert_eq!(m.state, taskscope_wire::model::TaskState::Completed);
+    }
+
+    #[test]
+    fn a_future_is_a_task_from_its_creation_and_its_drop_ends_it() {
+        crate::publish::set_running(true);
+        let line = line!() + 1;
+        let fut = instrument(async { 3 });
+        let id = fut.task_id().expect("registered at creation");
+        let fut = fut.named("lazy");
+        assert_eq!(fut.task_id(), Some(id), "naming keeps the task id");
+        let cell = fut.cell.clone().expect("registered");
+        let m = cell.to_model(false);
+        assert_eq!(m.name.as_deref(), Some("lazy"));
+        assert_eq!((m.kind.as_str(), m.polls), ("wrapped", 0));
+        assert_eq!(m.state, taskscope_wire::model::TaskState::Idle);
+        assert_eq!(m.location.map(|l| l.line), Some(line));
+        let in_registry = |id| registry().all().iter().filter(|c| c.id == id).count();
+        assert_eq!(
+            in_registry(id),
+            1,
+            "one task, not an unnamed and a named one"
+        );
+        drop(fut);
+        let m = cell.to_model(false);
+        assert_eq!(m.state, taskscope_wire::model::TaskState::Cancelled);
+        assert_eq!(m.polls, 0);
+    }
+
+    #[test]
+    fn a_finished_future_lets_go_of_the_executor_waker() {
+        crate::publish::set_running(true);
+        let exec = Arc::new(CountWakes(AtomicU64::new(0)));
+        let waker = Waker::from(exec.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = Box::pin(instrument(async { 1 }));
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(1));
+        let cell = fut.cell.clone().expect("registered");
+        drop(fut);
+        assert!(lock_waker(&cell).is_none());
+        assert_eq!(Arc::strong_count(&exec), 2, "only `exec` and `waker`");
     }
 }
