@@ -99,6 +99,11 @@ pub struct Frame {
         serialize_with = "hex_addr::list"
     )]
     pub private_wakers: Vec<u64>,
+    /// Addresses of taskscope task records (from its registry) that a
+    /// wrapper of this frame points at: links the frame to the wrapped
+    /// future's own record and its waker counts.
+    #[serde(skip)]
+    pub wrapper_records: Vec<u64>,
 }
 
 /// A logical backtrace: outermost frame first, then what it waits on.
@@ -311,6 +316,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 undescribed_words: Vec::new(),
                 holds_undescribed: Vec::new(),
                 private_wakers: Vec::new(),
+                wrapper_records: Vec::new(),
             });
             let Some(ty) = concrete else {
                 return Some(self.other(
@@ -344,6 +350,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 undescribed_words: Vec::new(),
                 holds_undescribed: Vec::new(),
                 private_wakers: Vec::new(),
+                wrapper_records: Vec::new(),
             });
             return self.walk(inner, frames, depth + 1);
         }
@@ -369,6 +376,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                     undescribed_words: Vec::new(),
                     holds_undescribed: Vec::new(),
                     private_wakers: self.private_wakers(&v, field),
+                    wrapper_records: self.wrapper_records(&v, field),
                 };
                 if name.starts_with("tokio::time::timeout::Timeout") {
                     if let Some(delay) = r.field(&v, "delay") {
@@ -404,6 +412,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 undescribed_words: Vec::new(),
                 holds_undescribed: Vec::new(),
                 private_wakers,
+                wrapper_records: self.wrapper_records(&v, ""),
             });
         }
         Some(self.other(&name, &short(&name)))
@@ -454,6 +463,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 undescribed_words: Vec::new(),
                 holds_undescribed: Vec::new(),
                 private_wakers: Vec::new(),
+                wrapper_records: Vec::new(),
             });
             return None;
         };
@@ -480,6 +490,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
             undescribed_words: self.undescribed_words(&v, &state),
             holds_undescribed: Vec::new(),
             private_wakers: Vec::new(),
+            wrapper_records: Vec::new(),
         };
         // select! / join!: the branch futures live in a local `futures`.
         if let Some(futs) = r.field(&state, "futures") {
@@ -684,7 +695,8 @@ impl<'w, 'a> Decoder<'w, 'a> {
     }
 
     /// Wakers a wrapper keeps (besides its `inner` future) in an `Arc`
-    /// that only it references: see [`Frame::private_wakers`].
+    /// that only it references, or in taskscope's task record while no
+    /// waker pointing at that record is alive: see [`Frame::private_wakers`].
     fn private_wakers(&self, wrapper: &Value, inner_field: &str) -> Vec<u64> {
         let r = &self.w.r;
         let is_arc = |t: &Type| self.name(t).starts_with("alloc::sync::Arc<");
@@ -700,6 +712,35 @@ impl<'w, 'a> Decoder<'w, 'a> {
             for arc in r.search(&v, 3, false, &is_arc) {
                 let Some(inner) = r.deref(&arc) else { continue };
                 let count = |name| r.find(&inner, name, 2).and_then(|c| r.scalar(&c));
+                // taskscope's wrapper keeps the executor's waker in its task
+                // record, which the registry shares; the wakers it hands out
+                // point at that record and are counted there. With every
+                // handed-out clone dropped, nothing can reach the executor's
+                // waker but the wrapper itself.
+                if self.name(&inner.ty).contains("TaskCell") {
+                    let Some(data) = r.field(&inner, "data") else {
+                        continue;
+                    };
+                    let cell_count = |name| r.find(&data, name, 1).and_then(|c| r.scalar(&c));
+                    let (Some(clones), Some(drops)) =
+                        (cell_count("waker_clones"), cell_count("waker_drops"))
+                    else {
+                        continue;
+                    };
+                    if clones != drops {
+                        continue;
+                    }
+                    let Some(slot) = r.find(&data, "executor_waker", 1) else {
+                        continue;
+                    };
+                    for w in r.search(&slot, 6, false, &is_waker) {
+                        let ptr = r.find(&w, "data", 3).and_then(|d| r.read_word(d.addr).ok());
+                        if let Some(p) = ptr.filter(|p| plausible_pointer(*p)) {
+                            out.push(p);
+                        }
+                    }
+                    continue;
+                }
                 // std's weak count is 1 while no `Weak` exists.
                 if count("strong") != Some(1) || count("weak") != Some(1) {
                     continue;
@@ -712,6 +753,31 @@ impl<'w, 'a> Decoder<'w, 'a> {
                     if let Some(p) = ptr.filter(|p| plausible_pointer(*p)) {
                         out.push(p);
                     }
+                }
+            }
+        }
+        out
+    }
+
+    /// taskscope task records (`Arc<TaskCell>` data addresses) a wrapper
+    /// points at, besides its `inner` future.
+    fn wrapper_records(&self, wrapper: &Value, inner_field: &str) -> Vec<u64> {
+        let r = &self.w.r;
+        let is_cell_arc = |t: &Type| {
+            let n = self.name(t);
+            n.starts_with("alloc::sync::Arc<") && n.contains("TaskCell")
+        };
+        let mut out = Vec::new();
+        for m in wrapper.ty.members() {
+            if m.name == inner_field {
+                continue;
+            }
+            let Some(v) = m.ty.and_then(|t| r.value(wrapper.addr + m.offset, t)) else {
+                continue;
+            };
+            for arc in r.search(&v, 3, false, &is_cell_arc) {
+                if let Some(data) = r.deref(&arc).and_then(|i| r.field(&i, "data")) {
+                    out.push(data.addr);
                 }
             }
         }

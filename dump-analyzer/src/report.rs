@@ -845,8 +845,9 @@ fn hazards(tasks: &[TaskReport], registry: &[InstrumentedTask]) -> Vec<HazardRep
         ];
         for f in &private {
             evidence.push(format!(
-                "{} keeps its copy of the task's waker in an Arc whose strong count is 1 \
-                 and has no Weak: nothing outside the task can reach it",
+                "{} keeps its own copy of the task's waker where nothing outside the task \
+                 can reach it (an Arc with strong count 1 and no Weak, or taskscope's task \
+                 record with every waker it handed out dropped)",
                 f.function
             ));
         }
@@ -856,11 +857,15 @@ fn hazards(tasks: &[TaskReport], registry: &[InstrumentedTask]) -> Vec<HazardRep
         // taskscope's registry, when linked in, counted the wakers too: the
         // task's own record (tokio's waker) and the records of futures
         // wrapped with `taskscope::instrument` inside it (the wrapper's).
-        let records = t.instrumented.iter().chain(
-            registry
-                .iter()
-                .filter(|i| i.source == "wrapper" && i.parent_tokio_id == Some(id)),
-        );
+        let wrapped: Vec<String> = t
+            .chain
+            .frames
+            .iter()
+            .flat_map(|f| f.wrapper_records.iter().map(|a| format!("{a:#x}")))
+            .collect();
+        let records = t.instrumented.iter().chain(registry.iter().filter(|i| {
+            i.source == "wrapper" && (wrapped.contains(&i.record) || i.parent_tokio_id == Some(id))
+        }));
         for i in records {
             let live = i.waker_clones.saturating_sub(i.waker_drops);
             let whose = if i.source == "wrapper" {

@@ -126,7 +126,7 @@ fn shadowed_guards_deadlock_and_wrapped_lost_waker_through_instrumented() {
         assert!(
             lost.evidence
                 .iter()
-                .any(|e| e.contains("strong count is 1")),
+                .any(|e| e.contains("nothing outside the task can reach it")),
             "{text}"
         );
         assert!(
