@@ -72,11 +72,7 @@ const CASES: &[Case] = &[
         expect: Expect::Found,
         also: &["blocking-poll", "scheduling-delay"],
     },
-    Case {
-        id: "multiple-runtimes",
-        expect: Expect::Gap("found (both runtimes are listed), but without a source line: tokio opens a block_on task's span before entering its runtime, so the second runtime's block_on carries no runtime id, and the finding can point only at a task spawned on that runtime"),
-        also: &[],
-    },
+    Case { id: "multiple-runtimes", expect: Expect::Found, also: &[] },
     Case { id: "large-future", expect: Expect::Found, also: &[] },
     Case { id: "unbounded-growth", expect: Expect::Found, also: &[] },
     Case { id: "unpolled-future", expect: Expect::Found, also: &[] },

@@ -212,7 +212,7 @@ mod tests {
                 parent_id: 0,
                 future_size: None,
                 original_future_size: None,
-                runtime_id: 0,
+                runtime_id: std::sync::atomic::AtomicU64::new(0),
                 extra_fields: None,
             },
         ));
@@ -237,7 +237,7 @@ mod tests {
                 parent_id: 0,
                 future_size: None,
                 original_future_size: None,
-                runtime_id: 0,
+                runtime_id: std::sync::atomic::AtomicU64::new(0),
                 extra_fields: None,
             },
         ));

@@ -640,7 +640,7 @@ impl TaskscopeLayer {
                 parent_id: parent,
                 future_size: f.size,
                 original_future_size: f.original_size,
-                runtime_id: crate::runtime::current_runtime_id(),
+                runtime_id: std::sync::atomic::AtomicU64::new(crate::runtime::current_runtime_id()),
                 extra_fields: (!f.extra.is_empty()).then(|| f.extra.into_boxed_slice()),
             },
         ));
@@ -909,6 +909,9 @@ where
         span_table::with(id.into_u64(), |e| match e {
             SpanEntry::Task(cell) => {
                 let (prev_started, _) = cell.poll_started(clock::now_ns());
+                if prev_started == 0 {
+                    cell.bind_runtime();
+                }
                 let _ = ENTERED.try_with(|e| e.set((cell.id, prev_started)));
                 push_current(cell);
             }

@@ -166,8 +166,10 @@ pub(crate) struct TaskIdentity {
     pub parent_id: u64,
     pub future_size: Option<u64>,
     pub original_future_size: Option<u64>,
-    /// The tokio runtime the task was spawned on, 0 when unknown.
-    pub runtime_id: u64,
+    /// The tokio runtime the task was spawned on, 0 when unknown. A
+    /// `block_on` task's span is opened before its runtime is entered, so
+    /// its runtime is bound at its first poll ([`TaskCell::bind_runtime`]).
+    pub runtime_id: AtomicU64,
     /// Span fields beyond tokio's own (rare: allocated only when present).
     pub extra_fields: Option<Box<[ExtraField]>>,
 }
@@ -212,7 +214,7 @@ impl TaskIdentity {
             parent_id: 0,
             future_size: None,
             original_future_size: None,
-            runtime_id: 0,
+            runtime_id: AtomicU64::new(0),
             extra_fields: None,
         }
     }
@@ -314,6 +316,20 @@ impl TaskCell {
 
     /// A poll starts now.
     #[inline]
+    /// Binds a task spawned outside any runtime to the runtime that polls
+    /// it first: called at the first poll. tokio opens a `block_on`'s span
+    /// before entering its runtime, so without this a second runtime's
+    /// `block_on` — the best evidence of where that runtime was built —
+    /// would belong to none.
+    pub(crate) fn bind_runtime(&self) {
+        if self.identity.runtime_id.load(Relaxed) == 0 {
+            let rt = crate::runtime::current_runtime_id();
+            if rt != 0 {
+                self.identity.runtime_id.store(rt, Relaxed);
+            }
+        }
+    }
+
     pub(crate) fn poll_started(&self, now: u64) -> (u64, u64) {
         let prev_started = self.last_poll_started.load(Relaxed);
         let prev_ended = self.last_poll_ended.load(Relaxed);
@@ -483,7 +499,10 @@ impl TaskCell {
         model::Task {
             id: self.id,
             tokio_id,
-            runtime_id: (id.runtime_id != 0).then_some(id.runtime_id),
+            runtime_id: match id.runtime_id.load(Relaxed) {
+                0 => None,
+                rt => Some(rt),
+            },
             name: id.name.as_deref().map(str::to_string),
             kind: id.kind.to_string(),
             location: id
@@ -668,7 +687,7 @@ mod tests {
             parent_id: 0,
             future_size: None,
             original_future_size: None,
-            runtime_id: 0,
+            runtime_id: AtomicU64::new(0),
             extra_fields: None,
         }
     }

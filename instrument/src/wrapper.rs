@@ -86,7 +86,7 @@ fn register<F>(
             parent_id: current_task(),
             future_size: Some(std::mem::size_of::<F>() as u64),
             original_future_size: None,
-            runtime_id: crate::runtime::current_runtime_id(),
+            runtime_id: std::sync::atomic::AtomicU64::new(crate::runtime::current_runtime_id()),
             extra_fields: None,
         },
     ));
@@ -219,7 +219,9 @@ impl<F: Future> Future for Instrumented<F> {
         }
         let waker = cell_waker(cell);
         let mut cx2 = Context::from_waker(&waker);
-        cell.poll_started(clock::now_ns());
+        if cell.poll_started(clock::now_ns()).0 == 0 {
+            cell.bind_runtime();
+        }
         push_current(cell);
         let guard = PollGuard { cell };
         let out = this.inner.poll(&mut cx2);

@@ -231,6 +231,15 @@ fn taskscope_v1_sees_parents_states_and_completion() {
         let rt_id = tokio::runtime::Handle::current().id().to_string();
         assert_eq!(q.runtime_id.map(|r| r.to_string()), Some(rt_id.clone()));
         assert_eq!(c.runtime_id, q.runtime_id, "same runtime");
+        // tokio opens a block_on's span before it enters the runtime; the
+        // block_on still belongs to the runtime that runs it.
+        // (Other tests run their own runtimes in this process.)
+        assert!(
+            v.tasks
+                .values()
+                .any(|t| t.kind == "block_on" && t.state.is_live() && t.runtime_id == q.runtime_id),
+            "this block_on belongs to its runtime"
+        );
         let listed = process
             .runtimes
             .iter()
