@@ -633,7 +633,10 @@ async fn unpolled_future(bad: bool) {
 
 /// A std `Mutex` guard alive across an `.await` (compiles with a
 /// multi-thread runtime only because the task never moves it; a classic
-/// source of deadlocks and blocked workers).
+/// source of deadlocks and blocked workers). The clean twin drops the guard
+/// before awaiting, as the advice says. The wait is long enough (1.5 s) for
+/// a test to take a core in the middle of it: tracing cannot see a std
+/// guard, so this hazard is found post-mortem (`taskscope report CORE`).
 // The hazard on purpose (clippy's `await_holding_lock` sees it statically,
 // which is the best check there is for it today).
 #[allow(clippy::await_holding_lock)]
@@ -641,13 +644,14 @@ async fn held_across_await(bad: bool) {
     let config = Arc::new(StdMutex::new(String::from("v1")));
     let c = config.clone();
     let job = async move {
+        let guard = c.lock().unwrap_or_else(|e| e.into_inner());
+        let len = guard.len();
         if bad {
-            let guard = c.lock().unwrap_or_else(|e| e.into_inner());
-            tokio::time::sleep(Duration::from_millis(100)).await; // HAZARD: held-across-await
-            guard.len()
+            tokio::time::sleep(Duration::from_millis(1_500)).await; // HAZARD: held-across-await
+            guard.len() + len
         } else {
-            let len = c.lock().unwrap_or_else(|e| e.into_inner()).len();
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(guard);
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
             len
         }
     };

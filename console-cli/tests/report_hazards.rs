@@ -4,16 +4,18 @@
 //! the finding is there, on the line marked `// HAZARD: <id>`, and that the
 //! clean twin is silent. Prints precision and recall over the fixtures.
 //!
-//! Some hazards cannot be seen from a recording of today's instrumentation
-//! (no runtime lifecycle events, no guard markers, wrapped futures only
-//! registered at their first poll): those are listed as gaps with the
-//! reason; their fixtures still run, and must still produce no finding of
-//! an unrelated kind, and silence on the clean twin.
+//! A std guard held across an await is invisible to tracing: that fixture
+//! is also dumped (`gcore`) while it is stuck, and `taskscope report CORE`
+//! must find it there. Hazards no source shows yet are listed as gaps with
+//! the reason; their fixtures still run, and must still produce no finding
+//! of an unrelated kind, and silence on the clean twin.
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use support::{hazard_fixtures as fixture_binary, workspace_root};
 
@@ -35,6 +37,9 @@ unpolled_ms = 800
 enum Expect {
     /// The report must name this hazard at its marker line.
     Found,
+    /// Found post-mortem: in a core taken with `gcore` this long after the
+    /// start, while the bad variant is stuck at its marker.
+    FoundInCore { after_ms: u64 },
     /// Not detectable from a recording yet; why.
     Gap(&'static str),
 }
@@ -78,7 +83,7 @@ const CASES: &[Case] = &[
     Case { id: "unpolled-future", expect: Expect::Found, also: &[] },
     Case {
         id: "held-across-await",
-        expect: Expect::Gap("the instrumentation sets no held-across-await marker (std guards are invisible to tracing); post-mortem only"),
+        expect: Expect::FoundInCore { after_ms: 600 },
         also: &[],
     },
 ];
@@ -106,37 +111,65 @@ struct Seen {
     line: u32,
 }
 
-/// Runs one fixture variant and reports its recording; the findings.
-fn run_fixture(id: &str, variant: &str) -> Vec<Seen> {
+/// Runs one fixture variant and reports its recording (and, with
+/// `core_after`, a core taken that long after the start); the findings.
+fn run_fixture(id: &str, variant: &str, core_after: Option<u64>) -> Vec<Seen> {
     let dir = tempfile::tempdir().expect("temp dir");
     let recording = dir.path().join("run.tsrec");
     let config = dir.path().join("taskscope.toml");
     std::fs::write(&config, CONFIG).expect("write config");
-    let out = Command::new(fixture_binary())
+    let child = Command::new(fixture_binary())
         .args([id, variant])
         .env("TASKSCOPE_RECORD", &recording)
         .env_remove("TASKSCOPE_RECORD_DIR")
         .env("TASKSCOPE_BIND", "off")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run fixture");
+    let core = core_after.map(|ms| {
+        std::thread::sleep(Duration::from_millis(ms));
+        let prefix = dir.path().join("core");
+        let gcore = Command::new("gcore")
+            .arg("-o")
+            .arg(&prefix)
+            .arg(child.id().to_string())
+            .output()
+            .expect("gcore (gdb) is needed for the post-mortem fixtures: apt-get install gdb");
+        assert!(gcore.status.success(), "gcore on {id} {variant}: {gcore:?}");
+        dir.path().join(format!("core.{}", child.id()))
+    });
+    let out = child.wait_with_output().expect("wait for fixture");
     assert!(
         out.status.success(),
         "fixture {id} {variant} failed: {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    let mut seen = report(&recording, &config, id, variant);
+    if let Some(core) = core {
+        seen.extend(report(&core, &config, id, variant));
+    }
+    seen
+}
+
+/// `taskscope report SOURCE --format json`'s findings.
+fn report(source: &Path, config: &Path, id: &str, variant: &str) -> Vec<Seen> {
     let report = Command::new(env!("CARGO_BIN_EXE_taskscope"))
         .arg("report")
-        .arg(&recording)
-        .args(["--format", "json", "--fail-on", "never", "--config"])
-        .arg(&config)
+        .arg(source)
+        .args(["--format", "json", "--fail-on", "never", "--exe"])
+        .arg(fixture_binary())
+        .arg("--config")
+        .arg(config)
         .arg("--root")
         .arg(workspace_root())
         .output()
         .expect("run taskscope report");
     assert!(
         report.status.success(),
-        "taskscope report on {id} {variant}: {}\n{}",
+        "taskscope report {} on {id} {variant}: {}\n{}",
+        source.display(),
         report.status,
         String::from_utf8_lossy(&report.stderr)
     );
@@ -175,15 +208,22 @@ fn every_hazard_fixture_is_found_at_its_line_and_its_twin_is_silent() {
     fixture_binary();
 
     // Run every variant, a few at a time (2 shared cores; most fixtures sleep).
-    let jobs: Vec<(&'static str, &'static str)> = CASES
+    let jobs: Vec<(&'static Case, &'static str)> = CASES
         .iter()
-        .flat_map(|c| [(c.id, "bad"), (c.id, "clean")])
+        .flat_map(|c| [(c, "bad"), (c, "clean")])
         .collect();
     let mut results: BTreeMap<(&str, &str), Vec<Seen>> = BTreeMap::new();
     for chunk in jobs.chunks(8) {
         let handles: Vec<_> = chunk
             .iter()
-            .map(|&(id, v)| (id, v, std::thread::spawn(move || run_fixture(id, v))))
+            .map(|&(case, v)| {
+                let core_after = match case.expect {
+                    Expect::FoundInCore { after_ms } => Some(after_ms),
+                    _ => None,
+                };
+                let job = move || run_fixture(case.id, v, core_after);
+                (case.id, v, std::thread::spawn(job))
+            })
             .collect();
         for (id, v, h) in handles {
             let seen = h
@@ -205,8 +245,8 @@ fn every_hazard_fixture_is_found_at_its_line_and_its_twin_is_silent() {
             .find(|s| s.kind == case.id && s.file.ends_with(FIXTURE_SOURCE));
         let at_line = hit.is_some_and(|s| s.line == line);
         match (&case.expect, hit) {
-            (Expect::Found, Some(_)) if at_line => tp += 1,
-            (Expect::Found, Some(s)) => {
+            (Expect::Found | Expect::FoundInCore { .. }, Some(_)) if at_line => tp += 1,
+            (Expect::Found | Expect::FoundInCore { .. }, Some(s)) => {
                 fp += 1;
                 fn_ += 1;
                 problems.push(format!(
@@ -214,7 +254,7 @@ fn every_hazard_fixture_is_found_at_its_line_and_its_twin_is_silent() {
                     case.id, s.file, s.line
                 ));
             }
-            (Expect::Found, None) => {
+            (Expect::Found | Expect::FoundInCore { .. }, None) => {
                 fn_ += 1;
                 problems.push(format!(
                     "{}: not found in the bad variant: {bad:?}",
@@ -247,11 +287,28 @@ fn every_hazard_fixture_is_found_at_its_line_and_its_twin_is_silent() {
                 case.id, s.kind, s.file, s.line
             ));
         }
+        // The hazard reference says where each hazard is found: it must
+        // agree with what the fixtures show.
+        let d = taskscope_wire::hazards::HazardKind::from_id(case.id)
+            .expect("a catalogue id")
+            .info()
+            .detection;
+        let claims = match case.expect {
+            Expect::Found => d.live,
+            Expect::FoundInCore { .. } => d.core && !d.live,
+            Expect::Gap(_) => !d.live,
+        };
+        if !claims {
+            problems.push(format!(
+                "{}: the catalogue's detection {d:?} does not match this fixture",
+                case.id
+            ));
+        }
         let found = match hit {
             Some(s) => format!("line {} (marker {line})", s.line),
             None => match &case.expect {
                 Expect::Gap(why) => format!("gap: {why}"),
-                Expect::Found => "MISSING".into(),
+                Expect::Found | Expect::FoundInCore { .. } => "MISSING".into(),
             },
         };
         table.push_str(&format!(

@@ -104,6 +104,75 @@ pub struct Frame {
     /// future's own record and its waker counts.
     #[serde(skip)]
     pub wrapper_records: Vec<u64>,
+    /// Synchronous guards (std or `lock_api`/parking_lot locks, `RefCell`
+    /// borrows) among the locals saved across this await: held while the
+    /// task is parked (`held-across-await`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sync_guards: Vec<SyncGuard>,
+}
+
+/// A synchronous guard alive across an await.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SyncGuard {
+    /// The guard's type as the debug info names it.
+    pub type_name: String,
+    /// The lock (or `RefCell` borrow flag) the guard points at.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hex_addr::opt"
+    )]
+    pub lock: Option<u64>,
+    /// The lock's state word (`futex`, `state`, or the borrow count), when
+    /// its layout is known: non-zero, or the guard would not be reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_word: Option<u64>,
+}
+
+impl SyncGuard {
+    /// The guard's type as the user writes it (`std::sync::MutexGuard<String>`,
+    /// not the private module path the debug info names).
+    pub fn display_name(&self) -> String {
+        let mut n = short(&self.type_name);
+        for (private, public) in [
+            ("std::sync::poison::mutex::", "std::sync::"),
+            ("std::sync::poison::rwlock::", "std::sync::"),
+            ("std::sync::mutex::", "std::sync::"),
+            ("std::sync::rwlock::", "std::sync::"),
+            ("std::sync::reentrant_lock::", "std::sync::"),
+            ("lock_api::mutex::", "lock_api::"),
+            ("lock_api::rwlock::", "lock_api::"),
+            ("core::cell::", "std::cell::"),
+            ("alloc::string::String", "String"),
+        ] {
+            n = n.replace(private, public);
+        }
+        n
+    }
+}
+
+/// Whether a type is a synchronous guard: holding one across an await
+/// blocks (or panics) whoever takes the lock next while the task is parked.
+/// tokio's own guards are made to be held across awaits and are not.
+fn is_sync_guard(name: &str) -> bool {
+    let base = strip_generics(name);
+    let last = base.rsplit("::").next().unwrap_or(base);
+    let guard = matches!(
+        last,
+        "MutexGuard"
+            | "MappedMutexGuard"
+            | "RwLockReadGuard"
+            | "RwLockWriteGuard"
+            | "MappedRwLockReadGuard"
+            | "MappedRwLockWriteGuard"
+            | "RwLockUpgradableReadGuard"
+            | "ReentrantMutexGuard"
+            | "ReentrantLockGuard"
+    );
+    (guard
+        && ["std::sync::", "lock_api::", "parking_lot::", "spin::"]
+            .iter()
+            .any(|p| base.starts_with(p)))
+        || matches!(base, "core::cell::Ref" | "core::cell::RefMut")
 }
 
 /// A logical backtrace: outermost frame first, then what it waits on.
@@ -239,14 +308,36 @@ impl<'w, 'a> Decoder<'w, 'a> {
     /// The first async state machine reachable from `v` through pointers
     /// and wrappers (`Pin<&mut F>`, `&mut F`...).
     pub fn find_async(&self, v: &Value) -> Option<Value> {
+        self.find_async_in(v, 0)
+    }
+
+    fn find_async_in(&self, v: &Value, boxes: usize) -> Option<Value> {
         if is_async_env(&self.name(&v.ty)) {
             return Some(v.clone());
         }
-        self.w
-            .r
+        let r = &self.w.r;
+        if let Some(found) = r
             .search(v, 6, true, &|t: &Type| is_async_env(&self.name(t)))
             .into_iter()
             .next()
+        {
+            return Some(found);
+        }
+        // A `dyn Future` (`block_on(Box::pin(fut) as Pin<Box<dyn Future>>)`):
+        // the concrete type comes from the vtable.
+        if boxes >= 2 {
+            return None;
+        }
+        let is_dyn = |t: &Type| {
+            let ms = t.members();
+            ms.iter().any(|m| m.name == "vtable") && ms.iter().any(|m| m.name == "pointer")
+        };
+        r.search(v, 4, false, &is_dyn).into_iter().find_map(|fat| {
+            let data = r.read_word(r.field(&fat, "pointer")?.addr).ok()?;
+            let vtable = r.read_word(r.field(&fat, "vtable")?.addr).ok()?;
+            let inner = r.value(data, self.concrete_type(vtable)?)?;
+            self.find_async_in(&inner, boxes + 1)
+        })
     }
 
     fn name(&self, ty: &Type) -> String {
@@ -317,6 +408,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 holds_undescribed: Vec::new(),
                 private_wakers: Vec::new(),
                 wrapper_records: Vec::new(),
+                sync_guards: Vec::new(),
             });
             let Some(ty) = concrete else {
                 return Some(self.other(
@@ -351,6 +443,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 holds_undescribed: Vec::new(),
                 private_wakers: Vec::new(),
                 wrapper_records: Vec::new(),
+                sync_guards: Vec::new(),
             });
             return self.walk(inner, frames, depth + 1);
         }
@@ -377,6 +470,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                     holds_undescribed: Vec::new(),
                     private_wakers: self.private_wakers(&v, field),
                     wrapper_records: self.wrapper_records(&v, field),
+                    sync_guards: Vec::new(),
                 };
                 if name.starts_with("tokio::time::timeout::Timeout") {
                     if let Some(delay) = r.field(&v, "delay") {
@@ -413,6 +507,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 holds_undescribed: Vec::new(),
                 private_wakers,
                 wrapper_records: self.wrapper_records(&v, ""),
+                sync_guards: Vec::new(),
             });
         }
         Some(self.other(&name, &short(&name)))
@@ -464,6 +559,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
                 holds_undescribed: Vec::new(),
                 private_wakers: Vec::new(),
                 wrapper_records: Vec::new(),
+                sync_guards: Vec::new(),
             });
             return None;
         };
@@ -491,6 +587,7 @@ impl<'w, 'a> Decoder<'w, 'a> {
             holds_undescribed: Vec::new(),
             private_wakers: Vec::new(),
             wrapper_records: Vec::new(),
+            sync_guards: self.sync_guards(&state),
         };
         // select! / join!: the branch futures live in a local `futures`.
         if let Some(futs) = r.field(&state, "futures") {
@@ -636,6 +733,64 @@ impl<'w, 'a> Decoder<'w, 'a> {
             }
         }
         out
+    }
+
+    /// Synchronous guards among the locals saved across this await (also
+    /// inside an `Option` or a tuple), each with the lock it points at. A
+    /// guard whose lock reads as unlocked is not one (a stale copy the
+    /// state machine no longer uses) and is left out.
+    fn sync_guards(&self, state: &Value) -> Vec<SyncGuard> {
+        let r = &self.w.r;
+        let is_guard = |t: &Type| is_sync_guard(&self.name(t));
+        let mut out = Vec::new();
+        for m in state.ty.members() {
+            if m.name == "__awaitee" {
+                continue;
+            }
+            let Some(v) = m.ty.and_then(|t| r.value(state.addr + m.offset, t)) else {
+                continue;
+            };
+            for guard in r.search(&v, 3, false, &is_guard) {
+                let target = self.guard_target(&guard);
+                let lock_word = target.as_ref().and_then(|t| {
+                    ["futex", "state"]
+                        .iter()
+                        .find_map(|n| r.find(t, n, 4))
+                        .and_then(|w| r.scalar(&w))
+                        .or_else(|| (t.ty.size <= 8).then(|| r.scalar(t)).flatten())
+                });
+                if lock_word == Some(0) {
+                    continue;
+                }
+                out.push(SyncGuard {
+                    type_name: self.name(&guard.ty),
+                    lock: target.map(|t| t.addr),
+                    lock_word,
+                });
+            }
+        }
+        out
+    }
+
+    /// What a guard points at: the lock (`lock`, `inner_lock`, `mutex`,
+    /// `rwlock`) or a `RefCell`'s borrow flag (`borrow`, one wrapper deeper).
+    fn guard_target(&self, guard: &Value) -> Option<Value> {
+        let r = &self.w.r;
+        for field in ["lock", "inner_lock", "mutex", "rwlock", "borrow"] {
+            let Some(mut cur) = r.find(guard, field, 1) else {
+                continue;
+            };
+            for _ in 0..2 {
+                if cur.ty.is_pointer() {
+                    return r.deref(&cur);
+                }
+                match r.find(&cur, field, 1) {
+                    Some(inner) => cur = inner,
+                    None => break,
+                }
+            }
+        }
+        None
     }
 
     /// Words of the state machine that no member of any variant describes,
@@ -1079,6 +1234,32 @@ impl<'w, 'a> Decoder<'w, 'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_guards_are_std_lock_api_and_refcell_guards_not_tokio_ones() {
+        for g in [
+            "std::sync::poison::mutex::MutexGuard<alloc::string::String>",
+            "std::sync::poison::rwlock::RwLockWriteGuard<u32>",
+            "lock_api::mutex::MutexGuard<parking_lot::raw_mutex::RawMutex, u8>",
+            "core::cell::RefMut<alloc::vec::Vec<u8, alloc::alloc::Global>>",
+        ] {
+            assert!(is_sync_guard(g), "{g}");
+        }
+        for g in [
+            "tokio::sync::mutex::MutexGuard<u32>",
+            "tokio::sync::rwlock::read_guard::RwLockReadGuard<u32>",
+            "alloc::vec::Vec<std::sync::poison::mutex::MutexGuard<u8>, alloc::alloc::Global>",
+            "core::cell::RefCell<u8>",
+        ] {
+            assert!(!is_sync_guard(g), "{g}");
+        }
+        let g = SyncGuard {
+            type_name: "std::sync::poison::mutex::MutexGuard<alloc::string::String>".into(),
+            lock: None,
+            lock_word: None,
+        };
+        assert_eq!(g.display_name(), "std::sync::MutexGuard<String>");
+    }
 
     #[test]
     fn async_env_is_recognised_by_its_own_name_not_its_generics() {

@@ -340,7 +340,15 @@ fn report_for(
             located_by,
             instrumented: None,
         });
-        for mut set in walker.local_sets(&value) {
+        // The LocalSet may sit beside the async value (`RunUntil`) or inside
+        // it, and behind a `dyn Future` the value alone does not lead there.
+        let mut sets = walker.local_sets(&value);
+        for set in walker.local_sets(&fut) {
+            if !sets.iter().any(|s| s.handle == set.handle) {
+                sets.push(set);
+            }
+        }
+        for mut set in sets {
             set.threads.push(*tid);
             let mut tick = |n: usize| progress.say(&format!("{n} local tasks read..."));
             for t in walker.tasks(&set, &mut tick) {

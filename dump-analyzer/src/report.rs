@@ -195,18 +195,12 @@ impl TaskReport {
 
     /// Mutexes held by a live guard anywhere in this task's chain.
     pub fn held_mutexes(&self) -> Vec<u64> {
-        fn collect(frames: &[Frame], out: &mut Vec<u64>) {
-            for f in frames {
-                out.extend(&f.holds);
-                out.extend(&f.holds_undescribed);
-                for b in &f.branches {
-                    collect(&b.frames, out);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        collect(&self.chain.frames, &mut out);
-        out
+        let mut frames = Vec::new();
+        collect_frames(&self.chain.frames, &mut frames);
+        frames
+            .iter()
+            .flat_map(|f| f.holds.iter().chain(&f.holds_undescribed).copied())
+            .collect()
     }
 
     /// The innermost `.await` in the user's code (not in a dependency or
@@ -246,6 +240,10 @@ pub struct HazardReport {
     pub resource: Option<String>,
     pub message: String,
     pub evidence: Vec<String>,
+    /// Where in the user's code the hazard is, when that is not the first
+    /// task's innermost await (a guard held by an outer frame).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<SourceLocation>,
 }
 
 /// A future driven by `block_on` on some thread (not a runtime task).
@@ -611,6 +609,16 @@ fn chain_key(t: &TaskReport) -> String {
     k
 }
 
+/// Every frame of a chain, branches included, outermost first.
+fn collect_frames<'a>(frames: &'a [Frame], out: &mut Vec<&'a Frame>) {
+    for f in frames {
+        out.push(f);
+        for b in &f.branches {
+            collect_frames(&b.frames, out);
+        }
+    }
+}
+
 fn write_chain<W: Write>(out: &mut W, chain: &Chain, indent: &str) -> io::Result<()> {
     for f in &chain.frames {
         let state = f
@@ -635,6 +643,14 @@ fn write_chain<W: Write>(out: &mut W, chain: &Chain, indent: &str) -> io::Result
                 out,
                 "{indent}  holds tokio::sync::Mutex {m:#x} (guard alive across this await; \
                  a shadowed local the debug info does not describe)"
+            )?;
+        }
+        for g in &f.sync_guards {
+            let lock = g.lock.map(|l| format!(" for {l:#x}")).unwrap_or_default();
+            writeln!(
+                out,
+                "{indent}  holds {}{lock} (a synchronous guard alive across this await)",
+                g.display_name()
             )?;
         }
         for (i, b) in f.branches.iter().enumerate() {
@@ -772,6 +788,7 @@ fn hazards(tasks: &[TaskReport], registry: &[InstrumentedTask]) -> Vec<HazardRep
                             ),
                             how,
                         ],
+                        location: None,
                     });
                     edges.insert(id, (hid, format!("mutex {m:#x}")));
                 }
@@ -897,6 +914,7 @@ fn hazards(tasks: &[TaskReport], registry: &[InstrumentedTask]) -> Vec<HazardRep
                 t.label()
             ),
             evidence,
+            location: None,
         });
     }
     // Parked on a resource only this task can reach (an Arc with one owner,
@@ -938,7 +956,58 @@ fn hazards(tasks: &[TaskReport], registry: &[InstrumentedTask]) -> Vec<HazardRep
                         f.function
                     ),
                 ],
+                location: None,
             });
+        }
+    }
+    // Synchronous guards saved across an await: the lock stays taken while
+    // the task is parked, and whoever takes it next blocks its thread.
+    for t in tasks {
+        let Some(id) = t.id else { continue };
+        let mut frames: Vec<&Frame> = Vec::new();
+        collect_frames(&t.chain.frames, &mut frames);
+        for f in frames {
+            for g in &f.sync_guards {
+                let at = f
+                    .location
+                    .as_ref()
+                    .map(|l| format!(" at {l}"))
+                    .unwrap_or_default();
+                let mut evidence = vec![format!(
+                    "a {} is a local of {} saved across its await{at} ({})",
+                    g.display_name(),
+                    f.function,
+                    f.state.as_deref().unwrap_or("suspended")
+                )];
+                match (g.lock, g.lock_word) {
+                    (Some(l), Some(w)) => evidence.push(format!(
+                        "the lock it guards, at {l:#x}, is taken (state word {w:#x})"
+                    )),
+                    (Some(l), None) => evidence.push(format!("it guards the lock at {l:#x}")),
+                    _ => {}
+                }
+                evidence.push(if g.type_name.starts_with("core::cell::") {
+                    "while the task is parked, the RefCell stays borrowed: a conflicting \
+                     borrow anywhere on this thread panics"
+                        .into()
+                } else {
+                    "while the task is parked, any thread that takes this lock blocks \
+                     (a worker thread of the runtime, too)"
+                        .into()
+                });
+                out.push(HazardReport {
+                    kind: "held-across-await",
+                    tasks: vec![id],
+                    resource: g.lock.map(|l| format!("{l:#x}")),
+                    message: format!(
+                        "{} holds a {} across the .await{at}",
+                        t.label(),
+                        g.display_name()
+                    ),
+                    evidence,
+                    location: f.location.clone(),
+                });
+            }
         }
     }
     // Cycles in the wait-for graph (each node has at most one out-edge).
@@ -986,6 +1055,7 @@ fn hazards(tasks: &[TaskReport], registry: &[InstrumentedTask]) -> Vec<HazardRep
                             names.join(" -> ")
                         ),
                         evidence,
+                        location: None,
                     });
                 }
                 break;

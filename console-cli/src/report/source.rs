@@ -277,9 +277,10 @@ pub fn from_core(
             .iter()
             .filter_map(|id| dump.tasks.iter().find(|t| t.id == Some(*id)))
             .collect();
-        let await_point = tasks
-            .first()
-            .and_then(|t| t.await_point())
+        let await_point = h
+            .location
+            .as_ref()
+            .or_else(|| tasks.first().and_then(|t| t.await_point()))
             .map(|l| dump_location(&l.file, l.line, l.column));
         let spawn = tasks
             .first()

@@ -76,14 +76,17 @@ impl fmt::Display for HazardKind {
     }
 }
 
-/// Where a hazard can be found.
+/// Where taskscope finds a hazard today (the hazard reference's table;
+/// `console-cli/tests/report_hazards.rs` checks it against the fixtures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Detection {
-    /// From a running process's live state (or a recording of one).
+    /// From a running process's live state or a recording of one
+    /// (`console`, `report`, `ci`).
     pub live: bool,
-    /// From a core dump or a process stopped in a debugger.
-    pub post_mortem: bool,
-    /// From the source or `Cargo.lock`, without running anything.
+    /// From a core dump, a live process read by `taskscope dump --pid`, or a
+    /// debugger (`dump`, `report CORE`, `async-hazards`).
+    pub core: bool,
+    /// From `Cargo.lock`, without running anything (`ci`).
     pub static_: bool,
 }
 
@@ -125,10 +128,10 @@ pub fn catalogue() -> &'static [HazardInfo] {
     &CATALOGUE
 }
 
-const fn det(live: bool, post_mortem: bool, static_: bool) -> Detection {
+const fn det(live: bool, core: bool, static_: bool) -> Detection {
     Detection {
         live,
-        post_mortem,
+        core,
         static_,
     }
 }
@@ -152,7 +155,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "The task's waker was cloned and every clone was dropped without a wake while the task stayed pending.",
         advice: "Something that held the task's waker (a resource, a channel, a hand-written future) dropped it without calling `wake()`. Make that resource wake its waiters when it is dropped or closed.",
         doc_anchor: "#waker-dropped-unwoken",
-        detection: det(true, true, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::BlockingPoll,
@@ -162,7 +165,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "One poll ran longer than the threshold, holding a runtime worker thread.",
         advice: "A blocking call (thread::sleep, a std or parking_lot lock, synchronous I/O, heavy CPU work) runs inside async code. Move it to `tokio::task::spawn_blocking` or use the async equivalent.",
         doc_anchor: "#blocking-poll",
-        detection: det(true, true, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::SchedulingDelay,
@@ -182,7 +185,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "A task is still inside its first poll after running longer than the threshold.",
         advice: "A loop without `.await` keeps the worker thread. Add `tokio::task::yield_now().await` in the loop, or move the work to `spawn_blocking` or a dedicated thread.",
         doc_anchor: "#never-yielded",
-        detection: det(true, true, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::SelfWakeLoop,
@@ -202,7 +205,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "A task was dropped after at least one poll, before returning Ready (select!, timeout, abort).",
         advice: "Code after the await point where the task was dropped never ran. Check that the work is cancel-safe, or keep the future alive (spawn it, or do not select! over it).",
         doc_anchor: "#cancelled-midway",
-        detection: det(true, true, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::RuntimeDroppedWithTasks,
@@ -212,7 +215,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "A runtime shut down while tasks on it were still live; they were dropped at their await points.",
         advice: "Keep the runtime alive until the work finishes: await the tasks' JoinHandles (or a JoinSet / TaskTracker) before returning from main or dropping the runtime.",
         doc_anchor: "#runtime-dropped-with-tasks",
-        detection: det(true, true, false),
+        detection: det(false, false, false),
     },
     HazardInfo {
         kind: HazardKind::LeakedTask,
@@ -232,7 +235,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "A future holds an async lock or permit and is not being polled while other tasks wait on that resource.",
         advice: "Do not `select!` on `&mut fut` when `fut` holds a lock or permit: drop the future, or keep polling it until it releases the resource.",
         doc_anchor: "#futurelock",
-        detection: det(true, true, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::DeadlockCycle,
@@ -252,7 +255,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "block_on, runtime creation or a park ran while the thread was inside a task poll, or a worker of one runtime drove another.",
         advice: "This is the \"cannot start a runtime from within a runtime\" family. Hoist the synchronous call out of async code, or `.await` the async version instead of blocking on it.",
         doc_anchor: "#nested-runtime",
-        detection: det(true, true, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::MultipleRuntimes,
@@ -262,7 +265,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "More than one async runtime is alive in the process (or two tokio major versions are in Cargo.lock).",
         advice: "Usually accidental, e.g. through `reqwest::blocking` or a library that builds its own runtime. Share one runtime via its `Handle` unless the split is intended.",
         doc_anchor: "#multiple-runtimes",
-        detection: det(true, true, true),
+        detection: det(true, false, true),
     },
     HazardInfo {
         kind: HazardKind::LargeFuture,
@@ -272,7 +275,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "A spawned future is larger than the threshold (tokio boxes large futures itself; the original size is reported).",
         advice: "Box large sub-futures (`Box::pin(fut).await`) or move big buffers to the heap; large futures cost copies and risk stack overflow in debug builds.",
         doc_anchor: "#large-future",
-        detection: det(true, true, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::UnboundedGrowth,
@@ -292,7 +295,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "An instrumented future was created and dropped, or stayed alive past the threshold, without ever being polled.",
         advice: "Futures are lazy: nothing happens until they are polled. `.await` the future or spawn it.",
         doc_anchor: "#unpolled-future",
-        detection: det(true, true, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::HeldAcrossAwait,
@@ -302,7 +305,7 @@ static CATALOGUE: [HazardInfo; 17] = [
         description: "A synchronous guard (std/parking_lot lock, RefCell borrow) was alive when a poll returned Pending.",
         advice: "Drop the guard before the `.await` (end its scope or call `drop(guard)`), or use an async lock if it must be held across the await.",
         doc_anchor: "#held-across-await",
-        detection: det(true, true, true),
+        detection: det(false, true, false),
     },
 ];
 
@@ -365,7 +368,7 @@ pub fn reference_markdown() -> String {
          Every finding of `taskscope console`, `report`, `ci` and `dump` carries one of \
          these ids. Thresholds are set in `taskscope.toml` (`[hazards]`) or with \
          `taskscope::Builder::hazard_config`.\n\n\
-         | id | title | default severity | live | post-mortem | static |\n\
+         | id | title | default severity | live or recorded | core dump | Cargo.lock |\n\
          |---|---|---|---|---|---|\n",
     );
     let tick = |b: bool| if b { "yes" } else { "—" };
@@ -377,7 +380,7 @@ pub fn reference_markdown() -> String {
             info.title,
             info.default_severity,
             tick(info.detection.live),
-            tick(info.detection.post_mortem),
+            tick(info.detection.core),
             tick(info.detection.static_),
         ));
     }
