@@ -6,9 +6,8 @@
 //!
 //! A std guard held across an await is invisible to tracing: that fixture
 //! is also dumped (`gcore`) while it is stuck, and `taskscope report CORE`
-//! must find it there. Hazards no source shows yet are listed as gaps with
-//! the reason; their fixtures still run, and must still produce no finding
-//! of an unrelated kind, and silence on the clean twin.
+//! must find it there. Every finding of another kind in a bad variant, and
+//! any finding in a clean twin, is a false positive.
 
 mod support;
 
@@ -40,8 +39,6 @@ enum Expect {
     /// Found post-mortem: in a core taken with `gcore` this long after the
     /// start, while the bad variant is stuck at its marker.
     FoundInCore { after_ms: u64 },
-    /// Not detectable from a recording yet; why.
-    Gap(&'static str),
 }
 
 struct Case {
@@ -53,34 +50,86 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { id: "lost-waker", expect: Expect::Found, also: &[] },
+    Case {
+        id: "lost-waker",
+        expect: Expect::Found,
+        also: &[],
+    },
     Case {
         id: "waker-dropped-unwoken",
         expect: Expect::Found,
         also: &[],
     },
-    Case { id: "blocking-poll", expect: Expect::Found, also: &[] },
-    Case { id: "scheduling-delay", expect: Expect::Found, also: &["blocking-poll"] },
-    Case { id: "never-yielded", expect: Expect::Found, also: &["blocking-poll"] },
-    Case { id: "self-wake-loop", expect: Expect::Found, also: &[] },
-    Case { id: "cancelled-midway", expect: Expect::Found, also: &[] },
+    Case {
+        id: "blocking-poll",
+        expect: Expect::Found,
+        also: &[],
+    },
+    Case {
+        id: "scheduling-delay",
+        expect: Expect::Found,
+        also: &["blocking-poll"],
+    },
+    Case {
+        id: "never-yielded",
+        expect: Expect::Found,
+        also: &["blocking-poll"],
+    },
+    Case {
+        id: "self-wake-loop",
+        expect: Expect::Found,
+        also: &[],
+    },
+    Case {
+        id: "cancelled-midway",
+        expect: Expect::Found,
+        also: &[],
+    },
     Case {
         id: "runtime-dropped-with-tasks",
-        expect: Expect::Gap("the instrumentation sees runtimes but not when one is dropped (tokio emits nothing then), so a runtime dropped with live tasks is not told apart from tasks cancelled by abort; the dropped task shows as cancelled-midway"),
-        also: &["cancelled-midway"],
+        expect: Expect::Found,
+        also: &[],
     },
-    Case { id: "leaked-task", expect: Expect::Found, also: &[] },
-    Case { id: "futurelock", expect: Expect::Found, also: &[] },
-    Case { id: "deadlock-cycle", expect: Expect::Found, also: &[] },
+    Case {
+        id: "leaked-task",
+        expect: Expect::Found,
+        also: &[],
+    },
+    Case {
+        id: "futurelock",
+        expect: Expect::Found,
+        also: &[],
+    },
+    Case {
+        id: "deadlock-cycle",
+        expect: Expect::Found,
+        also: &[],
+    },
     Case {
         id: "nested-runtime",
         expect: Expect::Found,
         also: &["blocking-poll", "scheduling-delay"],
     },
-    Case { id: "multiple-runtimes", expect: Expect::Found, also: &[] },
-    Case { id: "large-future", expect: Expect::Found, also: &[] },
-    Case { id: "unbounded-growth", expect: Expect::Found, also: &[] },
-    Case { id: "unpolled-future", expect: Expect::Found, also: &[] },
+    Case {
+        id: "multiple-runtimes",
+        expect: Expect::Found,
+        also: &[],
+    },
+    Case {
+        id: "large-future",
+        expect: Expect::Found,
+        also: &[],
+    },
+    Case {
+        id: "unbounded-growth",
+        expect: Expect::Found,
+        also: &[],
+    },
+    Case {
+        id: "unpolled-future",
+        expect: Expect::Found,
+        also: &[],
+    },
     Case {
         id: "held-across-await",
         expect: Expect::FoundInCore { after_ms: 600 },
@@ -244,9 +293,9 @@ fn every_hazard_fixture_is_found_at_its_line_and_its_twin_is_silent() {
             .iter()
             .find(|s| s.kind == case.id && s.file.ends_with(FIXTURE_SOURCE));
         let at_line = hit.is_some_and(|s| s.line == line);
-        match (&case.expect, hit) {
-            (Expect::Found | Expect::FoundInCore { .. }, Some(_)) if at_line => tp += 1,
-            (Expect::Found | Expect::FoundInCore { .. }, Some(s)) => {
+        match hit {
+            Some(_) if at_line => tp += 1,
+            Some(s) => {
                 fp += 1;
                 fn_ += 1;
                 problems.push(format!(
@@ -254,22 +303,13 @@ fn every_hazard_fixture_is_found_at_its_line_and_its_twin_is_silent() {
                     case.id, s.file, s.line
                 ));
             }
-            (Expect::Found | Expect::FoundInCore { .. }, None) => {
+            None => {
                 fn_ += 1;
                 problems.push(format!(
                     "{}: not found in the bad variant: {bad:?}",
                     case.id
                 ));
             }
-            (Expect::Gap(_), Some(_)) => {
-                // Better than expected: count it, and say so.
-                tp += usize::from(at_line);
-                problems.push(format!(
-                    "{}: listed as a gap but now detected; move it to Found",
-                    case.id
-                ));
-            }
-            (Expect::Gap(_), None) => fn_ += 1,
         }
         for s in bad {
             if s.kind != case.id && !case.also.contains(&s.kind.as_str()) {
@@ -296,7 +336,6 @@ fn every_hazard_fixture_is_found_at_its_line_and_its_twin_is_silent() {
         let claims = match case.expect {
             Expect::Found => d.live,
             Expect::FoundInCore { .. } => d.core && !d.live,
-            Expect::Gap(_) => !d.live,
         };
         if !claims {
             problems.push(format!(
@@ -306,19 +345,12 @@ fn every_hazard_fixture_is_found_at_its_line_and_its_twin_is_silent() {
         }
         let found = match hit {
             Some(s) => format!("line {} (marker {line})", s.line),
-            None => match &case.expect {
-                Expect::Gap(why) => format!("gap: {why}"),
-                Expect::Found | Expect::FoundInCore { .. } => "MISSING".into(),
-            },
+            None => "MISSING".into(),
         };
         table.push_str(&format!(
             "{:<28} {:<26} {}\n",
             case.id,
-            if found.len() > 26 {
-                "gap (see CASES)"
-            } else {
-                &found
-            },
+            found,
             if clean.is_empty() {
                 "silent"
             } else {

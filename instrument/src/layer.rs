@@ -33,6 +33,12 @@
 //! or later (abort, runtime shutdown) is `cancelled`; a poll that unwinds
 //! is `panicked`. An abort landing within 1 ms of the task's own poll on
 //! the same thread would be misreported as completed.
+//!
+//! Nor does tokio report a runtime's shutdown. A multi-thread runtime's
+//! workers are `spawn_blocking` tasks that end at shutdown right after
+//! cancelling the runtime's tasks; that sequence marks the runtime dropped
+//! (see [`runtime_shutdown_seen`]). A current-thread runtime's shutdown
+//! leaves no such trace.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
@@ -133,9 +139,15 @@ thread_local! {
     static IGNORED: Cell<bool> = const { Cell::new(false) };
     /// The tasks being polled on this thread, innermost last.
     static CURRENT: RefCell<Vec<Arc<TaskCell>>> = const { RefCell::new(Vec::new()) };
-    /// The last two poll exits on this thread: (task id, what it recorded).
+    /// The last two poll exits on this thread: (task id, what it recorded),
+    /// and (the previous exit's task id, how many exits this thread saw).
     static LAST_EXIT: Cell<Option<(u64, PollRecord)>> = const { Cell::new(None) };
-    static PREV_EXIT: Cell<u64> = const { Cell::new(0) };
+    static PREV_EXIT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    /// The run of task cancellations on this thread that no poll separates:
+    /// (the exit count at its last cancellation, when it started). A tokio
+    /// worker shutting down drops every task of its runtime this way, then
+    /// ends (see [`runtime_shutdown_seen`]).
+    static CANCEL_RUN: Cell<(u64, u64)> = const { Cell::new((u64::MAX, 0)) };
     /// (task id, start of its previous poll) saved at the last task enter.
     static ENTERED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     /// Ids of the spans entered on this thread, innermost last: the
@@ -215,17 +227,22 @@ fn exited(cell: &TaskCell) {
     };
     let _ = LAST_EXIT.try_with(|l| {
         let prev = l.replace(Some((cell.id, rec)));
-        let _ = PREV_EXIT.try_with(|p| p.set(prev.map(|(i, _)| i).unwrap_or(0)));
+        let _ = PREV_EXIT.try_with(|p| {
+            let exits = p.get().1.wrapping_add(1);
+            p.set((prev.map(|(i, _)| i).unwrap_or(0), exits));
+        });
     });
 }
 
 /// A task's span closed: decide how the task ended (see the module docs).
 fn task_closed(cell: &TaskCell, now: u64) {
     let last = LAST_EXIT.try_with(|l| l.get()).ok().flatten();
-    let prev = PREV_EXIT.try_with(|p| p.get()).unwrap_or(0);
+    let (prev, exits) = PREV_EXIT.try_with(|p| p.get()).unwrap_or((0, 0));
     let mut verdict = state::CANCELLED;
+    let mut drop_pair = false;
     if let Some((last_id, rec)) = last {
         if last_id == cell.id {
+            drop_pair = true;
             // The enter/exit pair of `Instrumented`'s drop.
             cell.unpoll(&rec);
             let _ = LAST_EXIT.try_with(|l| l.set(None));
@@ -239,6 +256,57 @@ fn task_closed(cell: &TaskCell, now: u64) {
         }
     }
     cell.finish(verdict, now);
+    if drop_pair {
+        runtime_shutdown_seen(cell, verdict, exits, now);
+    }
+}
+
+/// Recognises a multi-thread runtime shutting down, for
+/// `runtime-dropped-with-tasks` (tokio reports no shutdown): each worker
+/// runs as a `spawn_blocking` task of tokio's `multi_thread/worker.rs`
+/// that ends only at shutdown (or when `block_in_place` hands its core
+/// to another thread), and at shutdown a worker cancels the runtime's
+/// tasks one after another, polling nothing in between, then ends. So a
+/// worker task that ends right after such a run of cancellations on its
+/// thread (no poll between them: the exit count advanced by exactly the
+/// drop pairs) marks its runtime dropped from the run's first
+/// cancellation. A `block_in_place` hand-off polls the task that called
+/// it just before, so it breaks the run. A runtime whose worker saw no
+/// cancellation had no live task to drop and is not marked.
+fn runtime_shutdown_seen(cell: &TaskCell, verdict: u8, exits: u64, now: u64) {
+    let Ok((at_last, start)) = CANCEL_RUN.try_with(Cell::get) else {
+        return;
+    };
+    if verdict == state::CANCELLED {
+        // One exit since the previous cancellation: this task's drop pair.
+        let start = if exits == at_last.wrapping_add(1) {
+            start
+        } else {
+            now
+        };
+        let _ = CANCEL_RUN.try_with(|r| r.set((exits, start)));
+    } else if verdict == state::COMPLETED
+        && exits == at_last.wrapping_add(2)
+        && is_tokio_worker(cell)
+    {
+        // Two exits: the worker's final poll and its own drop pair.
+        let rt = cell.identity.runtime_id.load(Relaxed);
+        if rt != 0 {
+            crate::runtime::mark_dropped(rt, start);
+        }
+        let _ = CANCEL_RUN.try_with(|r| r.set((u64::MAX, 0)));
+    }
+}
+
+/// A multi-thread runtime's worker: the `spawn_blocking` in tokio's
+/// `runtime/scheduler/multi_thread/worker.rs`.
+fn is_tokio_worker(cell: &TaskCell) -> bool {
+    let id = &cell.identity;
+    id.kind == "blocking"
+        && id.file.as_deref().is_some_and(|f| {
+            f.replace('\\', "/")
+                .ends_with("src/runtime/scheduler/multi_thread/worker.rs")
+        })
 }
 
 /// Longest time between a poll's end and the drop of its future for the

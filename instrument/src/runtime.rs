@@ -73,6 +73,18 @@ fn register(id: u64, handle: &tokio::runtime::Handle) {
     });
 }
 
+/// Notes that runtime `id` began shutting down at `at_ns` (the earliest
+/// report wins).
+pub(crate) fn mark_dropped(id: u64, at_ns: u64) {
+    let mut rts = RUNTIMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = rts.iter_mut().find(|r| r.id == id) {
+        let at = model::Timestamp(at_ns);
+        if r.dropped_at.is_none_or(|d| d > at) {
+            r.dropped_at = Some(at);
+        }
+    }
+}
+
 /// Every runtime seen so far.
 pub(crate) fn runtimes() -> Vec<model::Runtime> {
     RUNTIMES.lock().unwrap_or_else(|e| e.into_inner()).clone()

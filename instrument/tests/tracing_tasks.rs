@@ -526,3 +526,53 @@ fn tasks_blocked_on_a_semaphore_or_a_full_channel_wait_on_that_resource() {
         );
     });
 }
+
+#[test]
+fn a_runtime_shut_down_with_a_live_task_is_marked_dropped_an_abort_is_not() {
+    let addr = server();
+    // Kept running: a task aborted mid-sleep, and a `block_in_place` that
+    // hands the worker's core to another thread (its worker task ends).
+    let running = runtime();
+    running.block_on(async {
+        let sleeper = tokio::spawn(tokio::time::sleep(Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sleeper.abort();
+        let _ = sleeper.await;
+        tokio::spawn(async {
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(20)));
+        })
+        .await
+        .expect("block_in_place task");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    });
+    // Shut down while a task sleeps.
+    let dropped = runtime();
+    let dropped_id = dropped.handle().id().to_string();
+    dropped.spawn(async { tokio::time::sleep(Duration::from_secs(30)).await });
+    dropped.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+    drop(dropped);
+
+    let running_id = running.handle().id().to_string();
+    let check = runtime();
+    check.block_on(async move {
+        let mut client = taskscope_client(addr).await;
+        let runtime_of = |v: &TaskscopeView, id: &str| {
+            v.process
+                .as_ref()
+                .and_then(|p| p.runtimes.iter().find(|r| r.id.to_string() == id))
+                .cloned()
+        };
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            runtime_of(v, &dropped_id).is_some_and(|r| r.dropped_at.is_some())
+        })
+        .await;
+        let shut = runtime_of(&v, &dropped_id).expect("the dropped runtime is listed");
+        assert!(shut.dropped_at.is_some(), "{shut:?}");
+        let alive = runtime_of(&v, &running_id).expect("the running runtime is listed");
+        assert_eq!(
+            alive.dropped_at, None,
+            "an abort or a block_in_place is not a shutdown"
+        );
+    });
+    drop(running);
+}

@@ -212,10 +212,10 @@ static CATALOGUE: [HazardInfo; 17] = [
         id: "runtime-dropped-with-tasks",
         title: "Runtime dropped with live tasks",
         default_severity: Severity::Warning,
-        description: "A runtime shut down while tasks on it were still live; they were dropped at their await points.",
+        description: "A runtime shut down while tasks on it were still live; they were dropped at their await points. Seen for multi-thread runtimes (their workers end at shutdown, right after dropping the tasks); a current-thread runtime's shutdown leaves no trace tokio reports, and its tasks show as cancelled-midway.",
         advice: "Keep the runtime alive until the work finishes: await the tasks' JoinHandles (or a JoinSet / TaskTracker) before returning from main or dropping the runtime.",
         doc_anchor: "#runtime-dropped-with-tasks",
-        detection: det(false, false, false),
+        detection: det(true, false, false),
     },
     HazardInfo {
         kind: HazardKind::LeakedTask,

@@ -217,18 +217,27 @@ fn runtime_dropped(cx: &Cx<'_>, rt: RuntimeId, tasks: &[&Task], out: &mut Vec<Ha
         if tasks.len() > 3 { ", …" } else { "" }
     );
     if let Some(d) = runtime.and_then(|r| r.dropped_at) {
+        let since = runtime
+            .and_then(|r| r.created_at)
+            .map(|c| format!(", {} after it started running tasks", fmt_ns(d.since(c))))
+            .unwrap_or_default();
         h.evidence
-            .push(format!("{name} dropped at {} ns since the epoch", d.0));
+            .push(format!("{name} began shutting down{since}"));
     }
     for t in tasks.iter().take(10) {
         let at = super::await_point(t)
             .map(|l| format!(", parked at {l}"))
             .unwrap_or_default();
+        let how = if t.state == TaskState::Cancelled {
+            "was dropped by the shutdown".to_string()
+        } else {
+            format!("was {}", t.state)
+        };
         h.evidence.push(format!(
-            "{} was {} with {} polls{at}",
+            "{} {how} after {} poll{}{at}: code after that point never ran",
             describe(t),
-            t.state,
-            t.polls
+            t.polls,
+            if t.polls == 1 { "" } else { "s" }
         ));
     }
     if tasks.len() > 10 {
