@@ -28,6 +28,7 @@ Getting started:
   taskscope console run.tsrec             replay a recording written with TASKSCOPE_RECORD=run.tsrec
   taskscope dump core.1234                every task and its await chain from a core file (no code change needed)
   taskscope ci -- cargo test              run tests with recording on; fail on hazards (SARIF, JUnit, Markdown)
+  taskscope explain lost-waker            what a hazard id means and what to do about it
   gdb -x \"$(taskscope gdb-init --script)\" -p PID
                                           async-aware gdb: info async-tasks, async-bt all, async-hazards
 
@@ -65,6 +66,9 @@ pub enum Command {
     /// Run a command with recording on, then report hazards over all recordings (CI gate).
     #[command(long_about = commands::ci::LONG_ABOUT)]
     Ci(commands::ci::CiArgs),
+    /// Explain a hazard id (what triggers it, what to do, where it is found), or list them all.
+    #[command(long_about = commands::explain::LONG_ABOUT)]
+    Explain(commands::explain::ExplainArgs),
     /// Print the lines that load taskscope's gdb commands (info async-tasks, async-bt, async-hazards).
     GdbInit(commands::debugger::InitArgs),
     /// Print the lines that load taskscope's lldb-19 commands (async tasks, async bt, async hazards).
@@ -84,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Dump(args) => commands::dump::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Ci(args) => commands::ci::run(args),
+        Command::Explain(args) => commands::explain::run(args),
         Command::GdbInit(args) => {
             commands::debugger::run_init(commands::debugger::Debugger::Gdb, args)
         }

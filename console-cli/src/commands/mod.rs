@@ -5,5 +5,6 @@ pub mod console;
 pub mod debugger;
 pub mod demo;
 pub mod dump;
+pub mod explain;
 pub mod report;
 pub mod snapshot;

@@ -93,7 +93,12 @@ fn section(out: &mut String, n: usize, source: &SourceReport, f: &Finding, repor
         let _ = writeln!(out, "- **Advice:** {}", h.advice);
     }
     if !h.doc_anchor.is_empty() {
-        let _ = writeln!(out, "- **Docs:** {}", docs_url(&h.doc_anchor));
+        let _ = writeln!(
+            out,
+            "- **Docs:** {} (offline: `taskscope explain {}`)",
+            docs_url(&h.doc_anchor),
+            h.kind
+        );
     }
     out.push('\n');
 }
