@@ -150,6 +150,9 @@ pub(crate) struct Publisher {
     pub dropped_recording_frames: u64,
     /// What the last tick carrying process info carried.
     sent_process: Option<ProcessInfo>,
+    /// Tasks in the registry after the last publish: what the next one
+    /// walks (see [`Publisher::early_gap`]).
+    registry_len: usize,
 }
 
 impl Publisher {
@@ -162,7 +165,20 @@ impl Publisher {
             dropped_hazards: 0,
             dropped_recording_frames: 0,
             sent_process: None,
+            registry_len: 0,
         }
+    }
+
+    /// How long to wait after a publish before an early one (finished
+    /// tasks piling up): as long as walking the registry takes, about
+    /// 250 ns a task, ten times over, between 5 and 50 ms. A publisher
+    /// that walks 200k tasks thus takes a tenth of a core at most, while
+    /// a storm of short tasks (a small registry, most time spent freeing
+    /// finished tasks, which cannot be saved) is published every 5 ms,
+    /// so few finished tasks wait in memory.
+    pub(crate) fn early_gap(&self) -> Duration {
+        Duration::from_nanos(self.registry_len as u64 * 250)
+            .clamp(Duration::from_millis(5), Duration::from_millis(50))
     }
 
     pub(crate) fn process(&self) -> ProcessInfo {
@@ -207,6 +223,7 @@ impl Publisher {
         let mut evicted = Vec::new();
         let mut changed: Vec<Arc<TaskCell>> = Vec::new();
         let mut live = 0u64;
+        let mut kept = 0usize;
         let mut done_times = Vec::new();
         reg.for_each_shard(|s| {
             s.tasks.retain(|c| {
@@ -236,7 +253,9 @@ impl Publisher {
             if s.tasks.capacity() > 64 && s.tasks.len() < s.tasks.capacity() / 4 {
                 s.tasks.shrink_to(s.tasks.len() * 2);
             }
+            kept += s.tasks.len();
         });
+        self.registry_len = kept;
         // Beyond the cap, the oldest finished tasks go (a second pass only
         // when needed).
         if evict && done_times.len() > cap {
@@ -424,5 +443,29 @@ pub(crate) fn tick_to_update(t: &Tick, paused: bool) -> taskscope_wire::proto::U
         dropped: Some((&t.dropped).into()),
         live_tasks: t.live_tasks,
         paused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_publishes_are_spaced_by_what_a_walk_of_the_registry_costs() {
+        let mut p = Publisher::new(PublishConfig {
+            retention: Duration::from_secs(10),
+            max_retained_completed: 10_000,
+            hazards: Default::default(),
+        });
+        let gap = |p: &mut Publisher, n| {
+            p.registry_len = n;
+            p.early_gap()
+        };
+        // A storm of short tasks: publish often, few wait in memory.
+        assert_eq!(gap(&mut p, 10_000), Duration::from_millis(5));
+        assert_eq!(gap(&mut p, 40_000), Duration::from_millis(10));
+        // 200k live tasks: a walk is expensive, at most every 50 ms.
+        assert_eq!(gap(&mut p, 200_000), Duration::from_millis(50));
+        assert_eq!(gap(&mut p, 5_000_000), Duration::from_millis(50));
     }
 }

@@ -144,14 +144,14 @@ pub(crate) async fn publish_loop(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     let mut last = false;
-    let min_gap = Duration::from_millis(50).min(shared.interval);
+    let mut min_gap = Duration::from_millis(50).min(shared.interval);
     let mut last_tick = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = pressure.notified() => {
-                // Early publishes at most every 50 ms: each one walks the
-                // registry.
+                // Early publishes are spaced by what walking the registry
+                // costs (`Publisher::early_gap`).
                 tokio::select! {
                     _ = tokio::time::sleep_until(last_tick + min_gap) => {}
                     _ = stop.notified() => { last = true; }
@@ -166,7 +166,11 @@ pub(crate) async fn publish_loop(
             || shared.hazards.receiver_count() > 0;
         // Pausing holds back what clients are sent, not eviction: console-api
         // carries no evictions, and a resumed client gets the full state.
-        let ticks = lock(&shared.publisher).tick(consumers, true);
+        let (ticks, gap) = {
+            let mut p = lock(&shared.publisher);
+            (p.tick(consumers, true), p.early_gap())
+        };
+        min_gap = gap.min(shared.interval);
         if !ticks.is_empty() {
             if let Some(r) = recorder.as_mut() {
                 let updates: Vec<proto::Update> =
