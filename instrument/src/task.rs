@@ -16,7 +16,7 @@
 //! A [`TaskCell`] is a fixed-size `#[repr(C)]` record: identity fields,
 //! about fifteen `AtomicU64` counters and two 64-bucket `AtomicU16` histograms
 //! (poll time and scheduled time, scheme 1 of
-//! [`taskscope_wire::histogram`]) — see [`TASK_CELL_SIZE`], about 520 bytes,
+//! [`taskscope_wire::histogram`]) — see [`TASK_CELL_SIZE`], about 570 bytes,
 //! plus the task's name and spawn file when it has them (file names are
 //! interned per thread, so a spawn site costs one allocation, not one per task).
 //!
