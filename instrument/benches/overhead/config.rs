@@ -40,6 +40,10 @@ pub enum Config {
     TaskscopeTracing,
     /// taskscope's future wrapper, no subscriber.
     TaskscopeWrapper,
+    /// taskscope's tracing layer with every hazard detector disabled: next
+    /// to `taskscope-tracing`, what the detectors cost (not in the default
+    /// set; `--configs floor,taskscope-tracing,taskscope-tracing-no-detectors`).
+    TaskscopeTracingNoDetectors,
 }
 
 impl Config {
@@ -58,6 +62,7 @@ impl Config {
             Config::ConsoleSubscriber => "console-subscriber",
             Config::TaskscopeTracing => "taskscope-tracing",
             Config::TaskscopeWrapper => "taskscope-wrapper",
+            Config::TaskscopeTracingNoDetectors => "taskscope-tracing-no-detectors",
         }
     }
 }
@@ -142,8 +147,15 @@ pub fn install(config: Config) -> anyhow::Result<Installed> {
                 .context("installing console-subscriber")?;
             Ok(Installed::plain())
         }
-        Config::TaskscopeTracing => {
-            let (layer, guard) = taskscope::Builder::default().bind("127.0.0.1:0").build();
+        Config::TaskscopeTracing | Config::TaskscopeTracingNoDetectors => {
+            let mut builder = taskscope::Builder::default().bind("127.0.0.1:0");
+            if config == Config::TaskscopeTracingNoDetectors {
+                builder = builder.hazard_config(taskscope_wire::hazards::HazardConfig {
+                    disable: taskscope_wire::hazards::HazardKind::ALL.to_vec(),
+                    ..Default::default()
+                });
+            }
+            let (layer, guard) = builder.build();
             tracing_subscriber::registry()
                 .with(layer)
                 .try_init()
