@@ -41,6 +41,8 @@ fn one_id_tells_its_trigger_and_what_to_do() {
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
     assert_eq!(doc[0]["id"], "futurelock");
     assert_eq!(doc[0]["advice"], info.advice);
+    assert_eq!(doc[0]["detection"]["live"], info.detection.live);
+    assert_eq!(doc[0]["detection"]["lockfile"], info.detection.static_);
 }
 
 #[test]

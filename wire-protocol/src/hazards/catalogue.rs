@@ -87,6 +87,7 @@ pub struct Detection {
     /// debugger (`dump`, `report CORE`, `async-hazards`).
     pub core: bool,
     /// From `Cargo.lock`, without running anything (`ci`).
+    #[serde(rename = "lockfile")]
     pub static_: bool,
 }
 
