@@ -43,6 +43,33 @@ fn fixture() -> (PathBuf, HashMap<String, u64>) {
     (bin, markers)
 }
 
+/// A core of the stuck fixture, taken with gcore once it is stuck, and
+/// what `taskscope dump` says of it.
+struct StuckCore {
+    bin: PathBuf,
+    markers: HashMap<String, u64>,
+    /// Holds the core and the debugger scripts.
+    dir: tempfile::TempDir,
+    core: PathBuf,
+    expected: Expected,
+}
+
+fn stuck_core() -> StuckCore {
+    let (bin, markers) = fixture();
+    let stuck = support::run_until_ready(&bin, &["multi"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let core = support::gcore(stuck.child.id(), dir.path());
+    drop(stuck);
+    let expected = dump_json(&[core.as_os_str()]);
+    StuckCore {
+        bin,
+        markers,
+        dir,
+        core,
+        expected,
+    }
+}
+
 /// Runs `taskscope gdb-init`/`lldb-init` with its cache in `dir` and
 /// returns the script file that loads the front end.
 fn init_script(which: &str, dir: &Path) -> PathBuf {
@@ -275,13 +302,13 @@ fn gdb_on_a_core_agrees_with_taskscope_dump() {
     if !have("gdb", "the gdb front-end tests") {
         return;
     }
-    let (bin, markers) = fixture();
-    let stuck = support::run_until_ready(&bin, &["multi"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let core = support::gcore(stuck.child.id(), dir.path());
-    drop(stuck);
-
-    let expected = dump_json(&[core.as_os_str()]);
+    let StuckCore {
+        bin,
+        markers,
+        dir,
+        core,
+        expected,
+    } = stuck_core();
     assert_eq!(expected.tasks.len(), 14, "{:?}", expected.tasks.keys());
     let init = init_script("gdb-init", dir.path());
     let sleeper = task_running(&expected, "stuck::sleeper");
@@ -390,12 +417,13 @@ fn gdb_pretty_prints_futures_and_join_handles() {
     if !have("gdb", "the gdb front-end tests") {
         return;
     }
-    let (bin, markers) = fixture();
-    let stuck = support::run_until_ready(&bin, &["multi"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let core = support::gcore(stuck.child.id(), dir.path());
-    drop(stuck);
-    let expected = dump_json(&[core.as_os_str()]);
+    let StuckCore {
+        bin,
+        markers,
+        dir,
+        core,
+        expected,
+    } = stuck_core();
     let init = init_script("gdb-init", dir.path());
     let lockers: Vec<(u64, String)> = expected.json["tasks"]
         .as_array()
@@ -499,12 +527,13 @@ fn lldb_on_a_core_agrees_with_taskscope_dump() {
     if !have("lldb-19", "the lldb front-end tests") {
         return;
     }
-    let (bin, markers) = fixture();
-    let stuck = support::run_until_ready(&bin, &["multi"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let core = support::gcore(stuck.child.id(), dir.path());
-    drop(stuck);
-    let expected = dump_json(&[core.as_os_str()]);
+    let StuckCore {
+        bin,
+        markers,
+        dir,
+        core,
+        expected,
+    } = stuck_core();
     let init = init_script("lldb-init", dir.path());
     let sleeper = task_running(&expected, "stuck::sleeper");
     let out = run_lldb(
