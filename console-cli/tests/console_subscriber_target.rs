@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::task;
+
 use std::future::Future;
 use std::panic::Location;
 use std::sync::OnceLock;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use taskscope_cli::client::{self, ClientOptions, LiveState, Protocol, Target, WatchEvent};
-use taskscope_wire::model::{State, Task, TaskState};
+use taskscope_wire::model::{Task, TaskState};
 use tracing_subscriber::layer::SubscriberExt;
 
 struct App {
@@ -90,17 +92,6 @@ fn app() -> &'static App {
             _runtime: runtime,
         }
     })
-}
-
-fn task<'a>(state: &'a State, name: &str) -> &'a Task {
-    state
-        .tasks
-        .values()
-        .find(|t| t.name.as_deref() == Some(name))
-        .unwrap_or_else(|| {
-            let names: Vec<String> = state.tasks.values().map(Task::display_name).collect();
-            panic!("no task named {name}; tasks: {names:?}")
-        })
 }
 
 fn assert_spawned_at(t: &Task, at: &Location<'_>) {

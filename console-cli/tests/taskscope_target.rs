@@ -4,13 +4,15 @@
 
 mod support;
 
+use support::task;
+
 use std::future::Future;
 use std::panic::Location;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use taskscope_cli::client::{self, ClientOptions, Protocol, Target};
-use taskscope_wire::model::{EdgeKind, State, Task, TaskState};
+use taskscope_wire::model::{EdgeKind, TaskState};
 
 struct App {
     target: Target,
@@ -77,17 +79,6 @@ fn app() -> &'static App {
             _runtime: runtime,
         }
     })
-}
-
-fn task<'a>(state: &'a State, name: &str) -> &'a Task {
-    state
-        .tasks
-        .values()
-        .find(|t| t.name.as_deref() == Some(name))
-        .unwrap_or_else(|| {
-            let names: Vec<String> = state.tasks.values().map(Task::display_name).collect();
-            panic!("no task named {name}; tasks: {names:?}")
-        })
 }
 
 #[tokio::test]

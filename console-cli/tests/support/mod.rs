@@ -131,3 +131,19 @@ pub fn hazard_fixtures() -> &'static Path {
         exe
     })
 }
+
+/// The task named `name` in `state`; the test fails, listing every task,
+/// when there is none.
+pub fn task<'a>(
+    state: &'a taskscope_wire::model::State,
+    name: &str,
+) -> &'a taskscope_wire::model::Task {
+    state
+        .tasks
+        .values()
+        .find(|t| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| {
+            let names: Vec<String> = state.tasks.values().map(|t| t.display_name()).collect();
+            panic!("no task named {name}; tasks: {names:?}")
+        })
+}
