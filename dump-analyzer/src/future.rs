@@ -111,6 +111,41 @@ pub struct Frame {
     pub sync_guards: Vec<SyncGuard>,
 }
 
+impl Frame {
+    /// `function (kind, state)`, as backtraces show a frame.
+    pub fn title(&self) -> String {
+        match &self.state {
+            Some(state) => format!("{} ({}, {state})", self.function, self.kind),
+            None => format!("{} ({})", self.function, self.kind),
+        }
+    }
+
+    /// What this frame keeps locked across its await, a line each: tokio
+    /// mutex guards (found by type, or as a shadowed local's lost storage)
+    /// and synchronous guards.
+    pub fn held(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .holds
+            .iter()
+            .map(|m| format!("holds tokio::sync::Mutex {m:#x} (guard alive across this await)"))
+            .collect();
+        out.extend(self.holds_undescribed.iter().map(|m| {
+            format!(
+                "holds tokio::sync::Mutex {m:#x} (guard alive across this await; \
+                 a shadowed local the debug info does not describe)"
+            )
+        }));
+        out.extend(self.sync_guards.iter().map(|g| {
+            let lock = g.lock.map(|l| format!(" for {l:#x}")).unwrap_or_default();
+            format!(
+                "holds {}{lock} (a synchronous guard alive across this await)",
+                g.display_name()
+            )
+        }));
+        out
+    }
+}
+
 /// A synchronous guard alive across an await.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SyncGuard {

@@ -812,26 +812,14 @@ fn write_bt(out: &mut String, chain: &Chain, indent: &str) {
         let _ = writeln!(out, "{indent}(no future: the task has finished)");
     }
     for f in chain.frames.iter().rev() {
-        let state = f
-            .state
-            .as_deref()
-            .map(|s| format!(", {s}"))
-            .unwrap_or_default();
         let at = f
             .location
             .as_ref()
             .map(|l| format!(" at {l}"))
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{indent}#{n:<2} {} ({}{state}){at}",
-            f.function, f.kind
-        );
-        for m in &f.holds {
-            let _ = writeln!(
-                out,
-                "{indent}     holds tokio::sync::Mutex {m:#x} across this await"
-            );
+        let _ = writeln!(out, "{indent}#{n:<2} {}{at}", f.title());
+        for line in f.held() {
+            let _ = writeln!(out, "{indent}     {line}");
         }
         for (i, b) in f.branches.iter().enumerate() {
             let _ = writeln!(out, "{indent}     branch {i}:");

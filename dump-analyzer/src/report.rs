@@ -621,37 +621,14 @@ fn collect_frames<'a>(frames: &'a [Frame], out: &mut Vec<&'a Frame>) {
 
 fn write_chain<W: Write>(out: &mut W, chain: &Chain, indent: &str) -> io::Result<()> {
     for f in &chain.frames {
-        let state = f
-            .state
-            .as_deref()
-            .map(|s| format!(", {s}"))
-            .unwrap_or_default();
         let at = f
             .location
             .as_ref()
             .map(|l| format!("  at {l}"))
             .unwrap_or_default();
-        writeln!(out, "{indent}{} ({}{state}){at}", f.function, f.kind)?;
-        for m in &f.holds {
-            writeln!(
-                out,
-                "{indent}  holds tokio::sync::Mutex {m:#x} (guard alive across this await)"
-            )?;
-        }
-        for m in &f.holds_undescribed {
-            writeln!(
-                out,
-                "{indent}  holds tokio::sync::Mutex {m:#x} (guard alive across this await; \
-                 a shadowed local the debug info does not describe)"
-            )?;
-        }
-        for g in &f.sync_guards {
-            let lock = g.lock.map(|l| format!(" for {l:#x}")).unwrap_or_default();
-            writeln!(
-                out,
-                "{indent}  holds {}{lock} (a synchronous guard alive across this await)",
-                g.display_name()
-            )?;
+        writeln!(out, "{indent}{}{at}", f.title())?;
+        for line in f.held() {
+            writeln!(out, "{indent}  {line}")?;
         }
         for (i, b) in f.branches.iter().enumerate() {
             writeln!(out, "{indent}  branch {i}:")?;
