@@ -19,8 +19,9 @@
 //! self-wakes inside it, need no lookup at all. Events inside resource
 //! spans (`state_update`, `poll_op`) find their span through a per-thread
 //! stack of entered span ids instead of the registry; callsites are
-//! classified once per thread, and timer callsites (`Sleep` comes and goes
-//! at the rate tasks sleep and is not tracked) are recognised by address.
+//! classified once per thread. Timers are not tracked (a sleeping task
+//! shows idle): tokio's `Sleep` callsites are not enabled at all, and
+//! other timer resources (`Interval`) are recognised by address.
 //! Runtime identity is read once per spawn (see [`crate::runtime`]).
 //!
 //! # What tokio's spans do not say
@@ -98,7 +99,21 @@ fn ignored_target(t: &str) -> bool {
     })
 }
 
+/// The module of tokio's `Sleep` (`time/sleep.rs`), whose callsites all
+/// carry it (its `trace_poll_op!` expands there too).
+const TOKIO_SLEEP_MODULE: &str = "tokio::time::sleep";
+
 fn classify(meta: &Metadata<'_>) -> Kind {
+    if meta.module_path() == Some(TOKIO_SLEEP_MODULE) {
+        // tokio's `Sleep` opens a resource span, an async-op span and its
+        // poll span per sleep, enters all three on every poll and emits
+        // state and poll-op events in them. taskscope tracks no timers (a
+        // sleeping task shows idle, and the timer's hold on its waker is
+        // still counted through the waker events), so none of these is
+        // enabled: for a task looping on `sleep` they were the largest
+        // cost per iteration, for taskscope and for the registry under it.
+        return Kind::None;
+    }
     if meta.is_span() {
         match meta.name() {
             "runtime.spawn" => Kind::Task,
@@ -1037,7 +1052,44 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::ignored_target;
+    use super::{classify, ignored_target, Kind};
+    use tracing_core::callsite::{Callsite, Identifier};
+    use tracing_core::field::FieldSet;
+    use tracing_core::metadata::Kind as MetaKind;
+    use tracing_core::{Interest, Level, Metadata};
+
+    /// A `runtime.resource` span callsite declared in `module`, as tokio
+    /// declares one in each of its resource types.
+    macro_rules! resource_callsite {
+        ($cs:ident, $meta:ident, $module:literal) => {
+            struct $cs;
+            static $meta: Metadata<'static> = Metadata::new(
+                "runtime.resource",
+                $module,
+                Level::TRACE,
+                Some("src/x.rs"),
+                Some(1),
+                Some($module),
+                FieldSet::new(&["concrete_type", "kind"], Identifier(&$cs)),
+                MetaKind::SPAN,
+            );
+            impl Callsite for $cs {
+                fn set_interest(&self, _: Interest) {}
+                fn metadata(&self) -> &Metadata<'_> {
+                    &$meta
+                }
+            }
+        };
+    }
+
+    #[test]
+    fn sleep_callsites_are_left_disabled_but_other_resources_are_tracked() {
+        resource_callsite!(SleepCs, SLEEP, "tokio::time::sleep");
+        resource_callsite!(MutexCs, MUTEX, "tokio::sync::mutex");
+        assert_eq!(classify(&SLEEP), Kind::None);
+        assert!(!super::interesting_callsite(&SLEEP));
+        assert_eq!(classify(&MUTEX), Kind::Resource);
+    }
 
     #[test]
     fn library_internals_are_not_logical_frames_but_user_crates_are() {

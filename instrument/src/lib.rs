@@ -211,6 +211,12 @@ impl Builder {
     /// `tracing_subscriber::registry().with(layer).with(fmt::layer()).init()`.
     /// Put the taskscope layer first (innermost) so the other layers keep
     /// seeing every callsite.
+    ///
+    /// Such a layer filters nothing, so that it takes nothing away from the
+    /// other layers: whatever they enable is built and dispatched. Alone
+    /// under a registry that is every callsite, at a cost every task pays
+    /// (tokio's `Sleep` alone opens three spans per sleep); use
+    /// [`init`](Self::init) then, which enables only what taskscope reads.
     pub fn build(self) -> (TaskscopeLayer, Guard) {
         let guard = self.start();
         (TaskscopeLayer { composed: true }, guard)

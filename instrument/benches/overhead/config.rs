@@ -155,11 +155,12 @@ pub fn install(config: Config) -> anyhow::Result<Installed> {
                     ..Default::default()
                 });
             }
-            let (layer, guard) = builder.build();
-            tracing_subscriber::registry()
-                .with(layer)
-                .try_init()
-                .context("installing taskscope's layer")?;
+            // `init`, as the README tells apps to: the layer is the whole
+            // subscriber, so callsites it has no use for stay disabled.
+            // (A layer from `build()` leaves those to the other layers of
+            // the user's stack; alone under a registry it would enable
+            // every callsite, tokio's `Sleep` spans included.)
+            let guard = builder.init();
             let addr = guard
                 .local_addr()
                 .context("taskscope's server did not bind 127.0.0.1:0")?;
