@@ -169,12 +169,15 @@ thread_local! {
     /// registry's current span without a registry lookup.
     static SPAN_STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
     /// The tasks whose polls ended last on this thread (see [`recent`]).
-    static RECENT: RefCell<[Option<(u64, Arc<TaskCell>)>; RECENT_SLOTS]> =
+    static RECENT: RefCell<[RecentSlot; RECENT_SLOTS]> =
         const { RefCell::new([const { None }; RECENT_SLOTS]) };
 }
 
 /// Slots of [`RECENT`].
 const RECENT_SLOTS: usize = 64;
+
+/// A [`RECENT`] slot: a task's span id and its cell.
+type RecentSlot = Option<(u64, Arc<TaskCell>)>;
 
 /// The [`RECENT`] slot of span `id`: tracing-subscriber's span ids count
 /// up per creating thread in their low bits (the creating thread sits from
