@@ -8,7 +8,8 @@
 //! evicted only after a tick has carried its final state (so every task
 //! reaches every consumer at least once), and then only when it is older
 //! than `retention` or more than `max_retained_completed` finished tasks are
-//! kept.
+//! kept. While nobody consumes the ticks (no watcher, no recorder) a large
+//! registry is walked only when that frees enough (`Publisher::walk_due`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
@@ -95,6 +96,10 @@ pub(crate) struct PublishConfig {
     pub hazards: taskscope_wire::hazards::HazardConfig,
 }
 
+/// Registries up to this size are walked at every publish (a walk of
+/// them costs well under a millisecond).
+const ALWAYS_WALK_BELOW: usize = 16_384;
+
 /// What changed in one publish. Large deltas are split into several ticks
 /// of at most [`MAX_TASKS_PER_TICK`] tasks.
 #[derive(Debug, Clone)]
@@ -153,6 +158,11 @@ pub(crate) struct Publisher {
     /// Tasks in the registry after the last publish: what the next one
     /// walks (see [`Publisher::early_gap`]).
     registry_len: usize,
+    /// Finished tasks the last walk of the registry kept (within the
+    /// retention window and the cap).
+    retained_done: usize,
+    /// When the registry was last walked.
+    last_walk: u64,
 }
 
 impl Publisher {
@@ -166,7 +176,32 @@ impl Publisher {
             dropped_recording_frames: 0,
             sent_process: None,
             registry_len: 0,
+            retained_done: 0,
+            last_walk: 0,
         }
+    }
+
+    /// Whether a publish nobody consumes should walk the registry. Such a
+    /// publish only marks finished tasks seen and evicts them, so it walks
+    /// when that pays: the registry is small, or the finished tasks beyond
+    /// the retention cap are a quarter of the tasks a walk visits (each
+    /// walk then frees a good share of what it reads, which keeps the
+    /// memory they hold to a fraction of the live tasks'), or half the
+    /// retention window passed since the last walk. An app nobody watches
+    /// thus pays almost nothing for the publisher, even with 200k live
+    /// tasks, where every walk is a cache miss per task.
+    /// `unpublished`: finished tasks no walk has seen yet.
+    fn walk_due(&self, unpublished: usize, now: u64) -> bool {
+        if self.registry_len <= ALWAYS_WALK_BELOW {
+            return true;
+        }
+        let pending = unpublished + self.retained_done;
+        let cap = self.config.max_retained_completed;
+        if pending > cap && pending - cap >= self.registry_len / 4 {
+            return true;
+        }
+        let half_retention = (self.config.retention.as_nanos() / 2).min(u64::MAX as u128) as u64;
+        pending > 0 && now.saturating_sub(self.last_walk) >= half_retention
     }
 
     /// How long to wait after a publish before an early one (finished
@@ -216,6 +251,13 @@ impl Publisher {
 
         clock::recalibrate();
 
+        let unpublished = reg.unpublished.iter().map(|c| c.0.load(Relaxed)).sum();
+        if !consumers && evict && !self.walk_due(unpublished, now) {
+            resource::collect(false, evict);
+            return Vec::new();
+        }
+        self.last_walk = now;
+
         // One pass: changed cells are read (their final state goes into
         // this publish), finished ones past retention are evicted — possibly
         // in the same publish that carries them.
@@ -256,12 +298,14 @@ impl Publisher {
             kept += s.tasks.len();
         });
         self.registry_len = kept;
+        self.retained_done = done_times.len();
         // Beyond the cap, the oldest finished tasks go (a second pass only
         // when needed).
         if evict && done_times.len() > cap {
             let k = done_times.len() - cap;
             let (_, kth, _) = done_times.select_nth_unstable(k - 1);
             let cutoff = *kth;
+            let before = evicted.len();
             reg.for_each_shard(|s| {
                 s.tasks.retain(|c| {
                     if c.published_done.load(Relaxed) && c.completed_at.load(Relaxed) <= cutoff {
@@ -271,6 +315,9 @@ impl Publisher {
                     true
                 })
             });
+            let gone = evicted.len() - before;
+            self.registry_len = self.registry_len.saturating_sub(gone);
+            self.retained_done = self.retained_done.saturating_sub(gone);
         }
         drop(done_times);
 
@@ -467,5 +514,32 @@ mod tests {
         // 200k live tasks: a walk is expensive, at most every 50 ms.
         assert_eq!(gap(&mut p, 200_000), Duration::from_millis(50));
         assert_eq!(gap(&mut p, 5_000_000), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn an_unwatched_app_walks_its_registry_only_when_it_frees_enough() {
+        let mut p = Publisher::new(PublishConfig {
+            retention: Duration::from_secs(10),
+            max_retained_completed: 10_000,
+            hazards: Default::default(),
+        });
+        let s = 1_000_000_000u64;
+        p.last_walk = 100 * s;
+        // A small registry: every publish walks it.
+        p.registry_len = 16_000;
+        assert!(p.walk_due(0, 100 * s));
+        // 200k tasks, a few thousand finished: not worth a walk...
+        p.registry_len = 200_000;
+        p.retained_done = 9_000;
+        assert!(!p.walk_due(3_000, 101 * s));
+        // ...until what is beyond the cap is a quarter of the registry...
+        assert!(!p.walk_due(50_999, 101 * s));
+        assert!(p.walk_due(51_000, 101 * s));
+        // ...or half the retention window went by.
+        assert!(!p.walk_due(3_000, 104 * s));
+        assert!(p.walk_due(3_000, 105 * s));
+        // Nothing finished: nothing to free, ever.
+        p.retained_done = 0;
+        assert!(!p.walk_due(0, 1_000 * s));
     }
 }
