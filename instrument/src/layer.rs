@@ -152,8 +152,11 @@ pub fn interesting_callsite(meta: &Metadata<'_>) -> bool {
 thread_local! {
     /// Set on taskscope's own server thread: its spans and tasks are ignored.
     static IGNORED: Cell<bool> = const { Cell::new(false) };
-    /// The tasks being polled on this thread, innermost last.
-    static CURRENT: RefCell<Vec<Arc<TaskCell>>> = const { RefCell::new(Vec::new()) };
+    /// The tasks being polled on this thread, innermost last: each one's
+    /// id and, for a tokio task, its cell. A wrapped future's cell is held
+    /// by its wrapper through the poll, so it is not cloned here.
+    static CURRENT: RefCell<Vec<(u64, Option<Arc<TaskCell>>)>> =
+        const { RefCell::new(Vec::new()) };
     /// The last two poll exits on this thread: (task id, what it recorded),
     /// and (the previous exit's task id, how many exits this thread saw).
     static LAST_EXIT: Cell<Option<(u64, PollRecord)>> = const { Cell::new(None) };
@@ -263,7 +266,7 @@ fn ignored() -> bool {
 #[inline]
 pub(crate) fn current_task() -> u64 {
     CURRENT
-        .try_with(|c| c.borrow().last().map(|t| t.id).unwrap_or(0))
+        .try_with(|c| c.borrow().last().map(|t| t.0).unwrap_or(0))
         .unwrap_or(0)
 }
 
@@ -272,34 +275,43 @@ pub(crate) fn current_task() -> u64 {
 fn with_current<R>(id: u64, f: impl FnOnce(&TaskCell) -> R) -> Option<R> {
     CURRENT
         .try_with(|c| match c.borrow().last() {
-            Some(t) if t.id == id => Some(f(t)),
+            Some((i, Some(t))) if *i == id => Some(f(t)),
             _ => None,
         })
         .ok()
         .flatten()
 }
 
+/// A tokio task's poll starts on this thread.
 #[inline]
-pub(crate) fn push_current(cell: &Arc<TaskCell>) {
-    let _ = CURRENT.try_with(|c| c.borrow_mut().push(cell.clone()));
+fn push_current(cell: Arc<TaskCell>) {
+    let _ = CURRENT.try_with(|c| c.borrow_mut().push((cell.id, Some(cell))));
 }
 
-/// Removes the innermost entry for task `id` and returns it.
+/// A wrapped future's poll starts on this thread.
+#[inline]
+pub(crate) fn push_current_id(id: u64) {
+    let _ = CURRENT.try_with(|c| c.borrow_mut().push((id, None)));
+}
+
+/// Removes the innermost entry for task `id` and returns its cell (`None`
+/// for a wrapped future's).
 #[inline]
 pub(crate) fn pop_current(id: u64) -> Option<Arc<TaskCell>> {
     CURRENT
         .try_with(|c| {
             let mut c = c.borrow_mut();
             match c.last() {
-                Some(t) if t.id == id => c.pop(),
+                Some(t) if t.0 == id => c.pop(),
                 _ => {
-                    let pos = c.iter().rposition(|t| t.id == id)?;
+                    let pos = c.iter().rposition(|t| t.0 == id)?;
                     Some(c.remove(pos))
                 }
             }
         })
         .ok()
         .flatten()
+        .and_then(|(_, cell)| cell)
 }
 
 /// Records the start of a poll of task `cell` on this thread.
@@ -1076,13 +1088,13 @@ where
         let _ = SPAN_STACK.try_with(|s| s.borrow_mut().push(id.into_u64()));
         if let Some(cell) = recent::take(id.into_u64()) {
             task_entered(&cell);
-            let _ = CURRENT.try_with(|c| c.borrow_mut().push(cell));
+            push_current(cell);
             return;
         }
         span_table::with(id.into_u64(), |e| match e {
             SpanEntry::Task(cell) => {
                 task_entered(cell);
-                push_current(cell);
+                push_current(cell.clone());
             }
             SpanEntry::User(task) => task.spans.entered(id.into_u64()),
             SpanEntry::Resource(_) | SpanEntry::AsyncOp(_) => {}

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use crate::clock;
-use crate::layer::{current_task, pop_current, push_current};
+use crate::layer::{current_task, pop_current, push_current_id};
 use crate::task::{intern_file, registry, state, Source, TaskCell, TaskIdentity};
 
 /// Wraps `fut` so that it is observed as a task of kind `"wrapped"`.
@@ -222,7 +222,7 @@ impl<F: Future> Future for Instrumented<F> {
         if cell.poll_started(clock::now_ns()).0 == 0 {
             cell.bind_runtime();
         }
-        push_current(cell);
+        push_current_id(cell.id);
         let guard = PollGuard { cell };
         let out = this.inner.poll(&mut cx2);
         drop(guard);
