@@ -10,7 +10,8 @@
 //!   its own: tokio builds the span and event values and the registry
 //!   allocates and reference-counts a slot for each span.
 //! - `console-subscriber`: the reference peer, as its docs set it up.
-//! - `taskscope-tracing`: taskscope's layer and gRPC server.
+//! - `taskscope-tracing`: taskscope's layer and gRPC server, installed with
+//!   `taskscope::init()` as apps do.
 //! - `taskscope-wrapper`: no subscriber; every spawned future is wrapped in
 //!   `taskscope::instrument`.
 
