@@ -576,3 +576,56 @@ fn a_runtime_shut_down_with_a_live_task_is_marked_dropped_an_abort_is_not() {
     });
     drop(running);
 }
+
+#[test]
+fn yields_and_sleeps_are_counted_exactly() {
+    // A yield's wake is deferred by tokio until after the poll, and a
+    // sleep's comes from the timer: both count (the first through the
+    // per-thread cache of recently polled tasks, the second although
+    // tokio's `Sleep` spans are not enabled), and every waker the task
+    // handed out is gone when it completes.
+    let addr = server();
+    let rt = runtime();
+    rt.block_on(async move {
+        let yields = |i: u32| i % 7 + 1;
+        let mut handles = Vec::new();
+        for i in 0..40u32 {
+            let n = yields(i);
+            let h = tokio::task::Builder::new()
+                .name(&format!("yielder-{i}"))
+                .spawn(async move {
+                    for _ in 0..n {
+                        tokio::task::yield_now().await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                })
+                .expect("spawn");
+            handles.push(h);
+        }
+        for h in handles {
+            h.await.expect("the task joins");
+        }
+        let mut client = taskscope_client(addr).await;
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            (0..40u32).all(|i| {
+                v.task_named(&format!("yielder-{i}"))
+                    .is_some_and(|t| t.state == TaskState::Completed)
+            })
+        })
+        .await;
+        for i in 0..40u32 {
+            let t = v.task_named(&format!("yielder-{i}")).expect("listed");
+            let n = u64::from(yields(i));
+            // The first poll, one after each yield, one after the sleep.
+            assert_eq!(t.polls, n + 2, "yielder-{i}: {t:?}");
+            assert_eq!(t.wakes, n + 1, "yielder-{i}: {t:?}");
+            assert_eq!(t.live_wakers(), 0, "yielder-{i}: {t:?}");
+            assert!(
+                t.scheduled_histogram
+                    .as_ref()
+                    .is_some_and(|h| h.count == n + 2),
+                "every poll records its wait (the first since the spawn): {t:?}"
+            );
+        }
+    });
+}
