@@ -190,6 +190,7 @@ impl Publisher {
     /// retention window passed since the last walk. An app nobody watches
     /// thus pays almost nothing for the publisher, even with 200k live
     /// tasks, where every walk is a cache miss per task.
+    ///
     /// `unpublished`: finished tasks no walk has seen yet.
     fn walk_due(&self, unpublished: usize, now: u64) -> bool {
         if self.registry_len <= ALWAYS_WALK_BELOW {
