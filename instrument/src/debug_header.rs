@@ -202,19 +202,7 @@ mod tests {
         let cell = Arc::new(TaskCell::new(
             7,
             Source::Wrapper,
-            TaskIdentity {
-                name: None,
-                kind: "wrapped",
-                file: None,
-                line: 0,
-                column: 0,
-                tokio_id: 0,
-                parent_id: 0,
-                future_size: None,
-                original_future_size: None,
-                runtime_id: std::sync::atomic::AtomicU64::new(0),
-                extra_fields: None,
-            },
+            TaskIdentity::unnamed("wrapped"),
         ));
         assert_eq!(
             arc_data_offset(&cell),
@@ -229,16 +217,9 @@ mod tests {
             Source::Wrapper,
             TaskIdentity {
                 name: Some("needle".into()),
-                kind: "wrapped",
-                file: None,
                 line: 42,
-                column: 0,
                 tokio_id: 9,
-                parent_id: 0,
-                future_size: None,
-                original_future_size: None,
-                runtime_id: std::sync::atomic::AtomicU64::new(0),
-                extra_fields: None,
+                ..TaskIdentity::unnamed("wrapped")
             },
         ));
         crate::task::registry().insert(cell.clone());

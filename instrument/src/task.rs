@@ -682,16 +682,7 @@ mod tests {
     fn identity() -> TaskIdentity {
         TaskIdentity {
             name: Some("t".into()),
-            kind: "task",
-            file: None,
-            line: 0,
-            column: 0,
-            tokio_id: 0,
-            parent_id: 0,
-            future_size: None,
-            original_future_size: None,
-            runtime_id: AtomicU64::new(0),
-            extra_fields: None,
+            ..TaskIdentity::unnamed("task")
         }
     }
 
