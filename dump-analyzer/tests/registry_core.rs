@@ -96,14 +96,7 @@ fn registry_names_parents_and_polls_with_and_without_dwarf() {
     if !support::have_gcore() {
         return;
     }
-    let bin = support::build_fixture(
-        "instrumented",
-        "instrumented",
-        "unstable",
-        "--cfg tokio_unstable",
-        false,
-    );
-    let source = support::fixtures_dir().join("instrumented/src/main.rs");
+    let (bin, source) = support::instrumented_fixture();
     let awaits = support::await_markers(&source);
     let spawns = markers(&source, "// SPAWN: ");
     let yields = worker_yields(&source);

@@ -31,14 +31,7 @@ fn shadowed_guards_deadlock_and_wrapped_lost_waker_through_instrumented() {
     if !support::have_gcore() {
         return;
     }
-    let bin = support::build_fixture(
-        "instrumented",
-        "instrumented",
-        "unstable",
-        "--cfg tokio_unstable",
-        false,
-    );
-    let source = support::fixtures_dir().join("instrumented/src/main.rs");
+    let (bin, source) = support::instrumented_fixture();
     let awaits = support::await_markers(&source);
     let stuck = support::run_until_ready(&bin, &[]);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -44,6 +44,19 @@ pub fn have_gcore() -> bool {
     ok
 }
 
+/// The `instrumented` fixture (an app running taskscope, built with
+/// `tokio_unstable`) and its source file, whose markers tests read.
+pub fn instrumented_fixture() -> (PathBuf, PathBuf) {
+    let bin = build_fixture(
+        "instrumented",
+        "instrumented",
+        "unstable",
+        "--cfg tokio_unstable",
+        false,
+    );
+    (bin, fixtures_dir().join("instrumented/src/main.rs"))
+}
+
 /// Builds fixture project `name` (whose binary is `bin`) with the given
 /// RUSTFLAGS into its own cached target dir and returns the binary.
 pub fn build_fixture(
