@@ -252,8 +252,10 @@ impl Publisher {
 
         clock::recalibrate();
 
-        let unpublished = reg.unpublished.iter().map(|c| c.0.load(Relaxed)).sum();
-        if !consumers && evict && !self.walk_due(unpublished, now) {
+        if !consumers
+            && evict
+            && !self.walk_due(reg.unpublished.iter().map(|c| c.0.load(Relaxed)).sum(), now)
+        {
             resource::collect(false, evict);
             return Vec::new();
         }
