@@ -372,8 +372,10 @@ fn report_for(
 /// location at that pc (a location-list entry in optimised builds) in the
 /// CFI-unwound registers. Outermost frame first, each with how it was
 /// found (`dwarf-location`, or `frame-scan` when DWARF has no location for
-/// the copy `block_on` polls). The flag says a `block_on` frame holds a
-/// copy that could be located neither way.
+/// the copy `block_on` polls, or, listed after every located copy, when it
+/// locates only the moved-from argument).
+/// The flag says a `block_on` frame holds a copy that could be located
+/// neither way.
 fn block_on_values(
     decoder: &future::Decoder<'_, '_>,
     dwarf: &dwarf::DebugInfo,
@@ -383,6 +385,8 @@ fn block_on_values(
 ) -> (Vec<(value::Value, &'static str)>, bool) {
     let mut out = Vec::new();
     let mut unlocated = false;
+    // (type, rsp, cfa) of frames where DWARF locates only an `Unresumed` copy.
+    let mut moved_from = Vec::new();
     for i in (0..frames.len()).rev() {
         let regs = &frames[i];
         // A return address points after the call: look up the call itself.
@@ -420,9 +424,23 @@ fn block_on_values(
             let Some(value) = decoder.reader().value(addr, ty) else {
                 continue;
             };
-            if decoder.find_async(&value).is_some() {
-                out.push((value, "dwarf-location"));
+            if decoder.find_async(&value).is_none() {
+                continue;
             }
+            // In optimised builds the location list may still describe the
+            // argument after `block_on` moved it into its own frame
+            // (`pin!`): that copy never runs and stays `Unresumed`. The
+            // copy being polled may then be the one suspended copy of the
+            // type in the frame, tried after every located copy.
+            let unresumed = decoder
+                .chain(&value)
+                .frames
+                .first()
+                .is_some_and(|f| f.state.as_deref() == Some("Unresumed"));
+            if let (true, Some(cfa)) = (unresumed, frame.cfa) {
+                moved_from.push((ty, regs.rsp, cfa));
+            }
+            out.push((value, "dwarf-location"));
         }
         // Optimised builds move the future into block_on's own frame
         // (`pin!`) and may keep no location for that copy.
@@ -431,6 +449,11 @@ fn block_on_values(
                 Some(v) => out.push((v, "frame-scan")),
                 None => unlocated = true,
             }
+        }
+    }
+    for (ty, rsp, cfa) in moved_from {
+        if let Some(v) = scan_frame_for_polled(decoder, mem, ty, rsp, cfa) {
+            out.push((v, "frame-scan"));
         }
     }
     (out, unlocated)
