@@ -461,9 +461,12 @@ fn block_on_values(
 
 /// The one copy of a future of type `ty` inside the stack frame
 /// `[rsp, cfa)` that is suspended at an `.await` (state `Suspend*`, a
-/// decoded await line): used when DWARF says the pinned copy `block_on`
-/// polls is optimised out. Nothing is returned unless exactly one
-/// candidate qualifies.
+/// decoded await line) and whose bytes are a valid value of its type:
+/// used when DWARF says the pinned copy `block_on` polls is optimised out.
+/// Large frames keep stale bytes from earlier calls, where a state byte
+/// and a leaf can decode by chance (seen in a release core: a second
+/// "suspended at the sleep" copy over libc pointers and zeroes). Nothing
+/// is returned unless exactly one candidate qualifies.
 fn scan_frame_for_polled(
     decoder: &future::Decoder<'_, '_>,
     mem: &dyn MemorySource,
@@ -501,7 +504,7 @@ fn scan_frame_for_polled(
         let suspended = chain.frames.first().is_some_and(|f| {
             f.state.as_deref().is_some_and(|s| s.starts_with("Suspend")) && f.location.is_some()
         });
-        if !suspended || chain.leaf.is_none() {
+        if !suspended || chain.leaf.is_none() || !reader.is_valid(&v) {
             continue;
         }
         if found.is_some() {

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use crate::dwarf::{DebugInfo, DieId, Member, Type};
+use crate::dwarf::{DebugInfo, DieId, Member, Type, TypeKind};
 use crate::error::MemoryError;
 use crate::memory::MemorySource;
 
@@ -164,6 +164,98 @@ impl<'a> Reader<'a> {
         Some((m, val))
     }
 
+    /// Whether the bytes at `v` can be a value of its type: every
+    /// reference (thin or fat) and every `NonNull` (so every `Box`, `Arc`
+    /// and `Vec` buffer) is non-null and canonical, every `bool` is 0 or 1,
+    /// every fieldless enum and every tagged enum's tag names one of its
+    /// variants. Active variants and struct members are checked
+    /// recursively, without following pointers; unions (`MaybeUninit`)
+    /// are not looked into. Stale stack bytes that merely look like a
+    /// suspended future almost always fail this; an initialised value
+    /// never does.
+    pub fn is_valid(&self, v: &Value) -> bool {
+        let mut budget = 4096;
+        self.valid_at(v, 0, &mut budget)
+    }
+
+    fn valid_at(&self, v: &Value, depth: usize, budget: &mut usize) -> bool {
+        if *budget == 0 || depth > 16 {
+            return true;
+        }
+        *budget -= 1;
+        match &v.ty.kind {
+            TypeKind::Pointer { .. } => {
+                if !v.ty.name.starts_with('&') {
+                    return true;
+                }
+                self.mem
+                    .read_u64(v.addr)
+                    .is_ok_and(|p| p != 0 && p <= MAX_ADDR)
+            }
+            TypeKind::Base => match v.ty.name.as_str() {
+                "bool" => self.mem.read_uint(v.addr, 1).is_ok_and(|b| b <= 1),
+                "char" => self
+                    .mem
+                    .read_uint(v.addr, 4)
+                    .is_ok_and(|c| char::from_u32(c as u32).is_some()),
+                _ => true,
+            },
+            TypeKind::Enum { enumerators } => {
+                let size = v.ty.size.clamp(1, 8);
+                let Ok(raw) = self.mem.read_uint(v.addr, size) else {
+                    return false;
+                };
+                let mask = if size == 8 {
+                    u64::MAX
+                } else {
+                    (1 << (size * 8)) - 1
+                };
+                enumerators.iter().any(|(_, e)| (*e as u64) & mask == raw)
+            }
+            TypeKind::Array { elem, count } => {
+                let Some(elem) = elem.and_then(|e| self.dwarf.ty(e).ok()) else {
+                    return true;
+                };
+                if matches!(elem.kind, TypeKind::Base) && elem.name != "bool" {
+                    return true;
+                }
+                let n = count.unwrap_or(0).min(16);
+                (0..n).all(|i| {
+                    let e = Value {
+                        addr: v.addr + i * elem.size,
+                        ty: elem.clone(),
+                    };
+                    self.valid_at(&e, depth + 1, budget)
+                })
+            }
+            TypeKind::Struct {
+                members, variants, ..
+            } => {
+                // A fat reference (`&str`, `&[T]`, `&dyn T`) and a
+                // `NonNull` (thin or fat) start with their data pointer.
+                if v.ty.name.starts_with("NonNull<") || v.ty.name.starts_with('&') {
+                    return self
+                        .mem
+                        .read_u64(v.addr)
+                        .is_ok_and(|p| p != 0 && p <= MAX_ADDR);
+                }
+                if variants.is_some() {
+                    let Some((_, active)) = self.variant(v) else {
+                        return false;
+                    };
+                    if !self.valid_at(&active, depth + 1, budget) {
+                        return false;
+                    }
+                }
+                members.iter().all(|m| {
+                    m.ty.and_then(|t| self.value(v.addr + m.offset, t))
+                        .is_none_or(|child| self.valid_at(&child, depth + 1, budget))
+                })
+            }
+            TypeKind::Union { .. } | TypeKind::Other => true,
+        }
+    }
+
     /// `&str` / `Box<str>`: (data_ptr, length) -> text.
     pub fn string(&self, v: &Value) -> Option<String> {
         let ptr = self.find(v, "data_ptr", 3)?;
@@ -253,4 +345,140 @@ pub fn offset_of(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::ProcessMemory;
+    use object::{Object, ObjectSymbol};
+
+    #[allow(dead_code)]
+    #[derive(Clone, Copy)]
+    enum Colour {
+        Red,
+        Green,
+        Blue,
+    }
+
+    #[allow(dead_code)]
+    enum Tagged {
+        Small(u32),
+        Large(u64),
+    }
+
+    #[allow(dead_code)]
+    struct Sample {
+        shared: std::sync::Arc<u64>,
+        flag: bool,
+        colour: Colour,
+        tagged: Tagged,
+        name: &'static str,
+        raw: *const u8,
+    }
+
+    /// Exists so that this test binary's DWARF describes `Sample`.
+    #[inline(never)]
+    fn taskscope_value_validity_probe(s: &Sample) -> bool {
+        std::hint::black_box(s.flag)
+    }
+
+    /// A copy of some bytes of this process, at the address they came from.
+    struct Copy {
+        addr: u64,
+        bytes: Vec<u8>,
+    }
+
+    impl MemorySource for Copy {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+            let start = addr.checked_sub(self.addr).map(|o| o as usize);
+            match start.and_then(|s| self.bytes.get(s..s + buf.len())) {
+                Some(src) => {
+                    buf.copy_from_slice(src);
+                    Ok(())
+                }
+                None => Err(MemoryError::Implausible {
+                    what: "test copy",
+                    addr,
+                    detail: "outside the copy".into(),
+                }),
+            }
+        }
+    }
+
+    #[test]
+    fn stale_bytes_are_told_from_a_live_value_by_its_types_invariants() {
+        let exe = std::env::current_exe().expect("current exe");
+        let bytes = std::fs::read(&exe).expect("read own executable");
+        let dwarf = DebugInfo::load(&exe, &bytes).expect("own DWARF");
+        let file = object::File::parse(&*bytes).expect("own ELF");
+        let probe = file
+            .symbols()
+            .find(|s| {
+                s.name()
+                    .is_ok_and(|n| n.contains("taskscope_value_validity_probe"))
+            })
+            .expect("probe symbol");
+        let die = dwarf
+            .function_starting_at(probe.address())
+            .expect("probe function in DWARF");
+        let (_, param) = dwarf.parameters(die).into_iter().next().expect("param");
+        let sample_ty = dwarf
+            .ty(param.expect("param type"))
+            .expect("param type")
+            .pointee()
+            .expect("a reference");
+
+        let sample = Sample {
+            shared: std::sync::Arc::new(7),
+            flag: true,
+            colour: Colour::Blue,
+            tagged: Tagged::Large(9),
+            name: "live",
+            raw: std::ptr::null(),
+        };
+        assert!(taskscope_value_validity_probe(&sample));
+        let addr = &sample as *const Sample as u64;
+        let live = ProcessMemory::open(std::process::id()).expect("own memory");
+        let reader = Reader {
+            mem: &live,
+            dwarf: &dwarf,
+        };
+        let value = reader.value(addr, sample_ty).expect("typed value");
+        assert!(
+            reader.is_valid(&value),
+            "the live value, null raw pointer and all"
+        );
+
+        let mut copy = vec![0u8; std::mem::size_of::<Sample>()];
+        live.read(addr, &mut copy).expect("read own memory");
+        let offset = |name: &str| value.ty.member(name).expect(name).offset as usize;
+        let corrupt = |what: &str, at: usize, with: &[u8]| {
+            let mut bytes = copy.clone();
+            bytes[at..at + with.len()].copy_from_slice(with);
+            let mem = Copy { addr, bytes };
+            let reader = Reader {
+                mem: &mem,
+                dwarf: &dwarf,
+            };
+            let v = reader.value(addr, sample_ty).expect("typed value");
+            assert!(!reader.is_valid(&v), "{what} passed as valid");
+        };
+        corrupt("a null Arc", offset("shared"), &[0; 8]);
+        corrupt("a non-canonical Arc", offset("shared"), &[0xff; 8]);
+        corrupt("a bool of 2", offset("flag"), &[2]);
+        corrupt("a colour of 7", offset("colour"), &[7]);
+        corrupt("a null &str", offset("name"), &[0; 8]);
+        let tagged = value.ty.member("tagged").expect("tagged");
+        let tagged_ty = dwarf.ty(tagged.ty.expect("type")).expect("type");
+        let discr = tagged_ty
+            .variant_part()
+            .and_then(|p| p.discr.as_ref())
+            .expect("a tagged enum");
+        corrupt(
+            "an enum tag naming no variant",
+            offset("tagged") + discr.offset as usize,
+            &[9],
+        );
+    }
 }
