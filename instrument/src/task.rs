@@ -88,12 +88,15 @@ pub(crate) enum Source {
 /// goes up by one, and from then on one value in 2^halvings is recorded
 /// (systematic sampling), so `count << halvings` stays an unbiased
 /// estimate. Exact for tasks with fewer than 65 536 polls in every bucket.
+///
+/// `halvings`, read by every record, comes first: the buckets of common
+/// values (under a millisecond) share its cache line.
 #[repr(C)]
 pub(crate) struct AtomicHistogram {
-    counts: [AtomicU16; BUCKETS],
+    halvings: AtomicU8,
     /// Values seen since sampling started (wrapping).
     seen: AtomicU16,
-    halvings: AtomicU8,
+    counts: [AtomicU16; BUCKETS],
 }
 
 impl AtomicHistogram {
@@ -227,9 +230,10 @@ impl TaskIdentity {
 /// another task) usually finds the cell cold, so what it touches (state,
 /// the last wake, the wake counters) comes first, in 32 bytes: with the
 /// `Arc` header and 16-byte allocations those share one cache line three
-/// times in four. What poll starts and ends read and write (the last
-/// timestamps, poll counters) fills the rest of that line and the next;
-/// identity and the histograms' cold halves come last. A dump reader
+/// times in four. What poll starts and ends read and write (the id, the
+/// last timestamps, poll counters) fills the rest of that line and the
+/// next; the histograms (each with its sampling state in front) and the
+/// identity come last. A dump reader
 /// finds the fields through [`crate::debug_header`], not by this order.
 #[repr(C)]
 pub(crate) struct TaskCell {
@@ -244,6 +248,9 @@ pub(crate) struct TaskCell {
     pub last_wake: AtomicU64,
     pub wakes: AtomicU64,
     pub waker_drops: AtomicU64,
+    /// Process-unique id (the tracing span id for tokio tasks); read at
+    /// every poll's start and end.
+    pub id: u64,
     pub last_poll_started: AtomicU64,
     pub last_poll_ended: AtomicU64,
     pub polls: AtomicU64,
@@ -255,8 +262,6 @@ pub(crate) struct TaskCell {
     pub self_wakes: AtomicU64,
     pub waker_clones: AtomicU64,
     pub created_at: u64,
-    /// Process-unique id (the tracing span id for tokio tasks).
-    pub id: u64,
     pub completed_at: AtomicU64,
     pub poll_histogram: AtomicHistogram,
     pub scheduled_histogram: AtomicHistogram,
