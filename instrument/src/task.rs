@@ -89,8 +89,9 @@ pub(crate) enum Source {
 /// (systematic sampling), so `count << halvings` stays an unbiased
 /// estimate. Exact for tasks with fewer than 65 536 polls in every bucket.
 ///
-/// `halvings`, read by every record, comes first: the buckets of common
-/// values (under a millisecond) share its cache line.
+/// `halvings`, read by every record, comes first, so that the buckets of
+/// common values (under a millisecond, the first 21) usually share its
+/// cache line.
 #[repr(C)]
 pub(crate) struct AtomicHistogram {
     halvings: AtomicU8,
@@ -233,8 +234,8 @@ impl TaskIdentity {
 /// times in four. What poll starts and ends read and write (the id, the
 /// last timestamps, poll counters) fills the rest of that line and the
 /// next; the histograms (each with its sampling state in front) and the
-/// identity come last. A dump reader
-/// finds the fields through [`crate::debug_header`], not by this order.
+/// identity come last. A dump reader finds the fields through
+/// [`crate::debug_header`], not by this order.
 #[repr(C)]
 pub(crate) struct TaskCell {
     pub state: AtomicU8,
