@@ -594,7 +594,15 @@ thread_local! {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         NEXT.fetch_add(1, Relaxed) % SHARDS
     };
-    static FILES: std::cell::RefCell<HashMap<(usize, usize), Arc<str>>> = Default::default();
+    static FILES: std::cell::RefCell<FileCache> = Default::default();
+}
+
+/// Per-thread interned spawn file names, with the last one in front (a
+/// spawn loop asks for the same name every time).
+#[derive(Default)]
+struct FileCache {
+    last: Option<((usize, usize), Arc<str>)>,
+    all: HashMap<(usize, usize), Arc<str>>,
 }
 
 /// Interns a spawn file name. tokio's names are `&'static str`s from
@@ -605,16 +613,23 @@ pub(crate) fn intern_file(file: &str) -> Arc<str> {
     FILES
         .try_with(|f| {
             let mut f = f.borrow_mut();
-            if let Some(a) = f.get(&key) {
-                if a.as_ref() == file {
+            if let Some((k, a)) = &f.last {
+                if *k == key && a.as_ref() == file {
                     return a.clone();
                 }
             }
-            if f.len() > 4096 {
-                f.clear();
-            }
-            let a: Arc<str> = Arc::from(file);
-            f.insert(key, a.clone());
+            let a = match f.all.get(&key) {
+                Some(a) if a.as_ref() == file => a.clone(),
+                _ => {
+                    if f.all.len() > 4096 {
+                        f.all.clear();
+                    }
+                    let a: Arc<str> = Arc::from(file);
+                    f.all.insert(key, a.clone());
+                    a
+                }
+            };
+            f.last = Some((key, a.clone()));
             a
         })
         .unwrap_or_else(|_| Arc::from(file))
@@ -694,6 +709,27 @@ mod tests {
 
     // A task cell, its `Arc` header and its registry slot fit in 1 KiB.
     const _: () = assert!(TASK_CELL_SIZE + 16 + 8 <= 1024);
+
+    #[test]
+    fn spawn_files_are_shared_per_name_and_never_confused() {
+        let a = "src/spawner.rs";
+        let b = "src/other.rs";
+        let first = intern_file(a);
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&intern_file(a), &first), "one copy per name");
+            assert_eq!(&*intern_file(b), b);
+        }
+        // Another string at another address: same text, so same content.
+        let owned = String::from(a);
+        assert_eq!(&*intern_file(&owned), a);
+        // A buffer reused with other text at the same address and length
+        // is not taken for the name it held before.
+        let mut buf = String::from("src/reused_1.rs");
+        assert_eq!(&*intern_file(&buf), "src/reused_1.rs");
+        buf.replace_range(11..12, "2");
+        assert_eq!(&*intern_file(&buf), "src/reused_2.rs");
+        assert_eq!(&*intern_file(&buf), "src/reused_2.rs");
+    }
 
     #[test]
     fn a_task_cell_is_what_the_docs_say() {
