@@ -317,10 +317,7 @@ pub(crate) fn pop_current(id: u64) -> Option<Arc<TaskCell>> {
 /// Records the start of a poll of task `cell` on this thread.
 #[inline]
 fn task_entered(cell: &TaskCell) {
-    let (prev_started, _) = cell.poll_started(clock::now_ns());
-    if prev_started == 0 {
-        cell.bind_runtime();
-    }
+    let prev_started = cell.poll_started(clock::now_ns());
     let _ = ENTERED.try_with(|e| e.set((cell.id, prev_started)));
 }
 

@@ -17,8 +17,9 @@
 //! * **tracing** — [`TaskscopeLayer`] reads tokio's own instrumentation:
 //!   every `tokio::spawn`ed task with its name, spawn location, polls, wakes,
 //!   waker clones/drops, plus tokio's resources (`Mutex`, `Semaphore`,
-//!   `RwLock`, channels, …; not timers) and the async operations tasks wait on. User spans
-//!   (`#[tracing::instrument]` async fns) give each task a logical backtrace.
+//!   `RwLock`, channels, …; not timers) and the async operations tasks wait
+//!   on. User spans (`#[tracing::instrument]` async fns) give each task a
+//!   logical backtrace.
 //! * **wrapper** — [`instrument`]`(fut)` observes one future on any executor
 //!   (smol, async-std, futures' executors, your own) with a waker of its own.
 //!   [`Builder::init_without_tracing`] serves wrapped tasks without installing

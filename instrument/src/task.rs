@@ -330,7 +330,7 @@ impl TaskCell {
     /// before entering its runtime, so without this a second runtime's
     /// `block_on` — the best evidence of where that runtime was built —
     /// would belong to none.
-    pub(crate) fn bind_runtime(&self) {
+    fn bind_runtime(&self) {
         if self.identity.runtime_id.load(Relaxed) == 0 {
             let rt = crate::runtime::current_runtime_id();
             if rt != 0 {
@@ -339,7 +339,10 @@ impl TaskCell {
         }
     }
 
-    pub(crate) fn poll_started(&self, now: u64) -> (u64, u64) {
+    /// A poll starts at `now`; the first one binds the task to the runtime
+    /// polling it. Returns when the previous poll started (0: this is the
+    /// first).
+    pub(crate) fn poll_started(&self, now: u64) -> u64 {
         let prev_started = self.last_poll_started.load(Relaxed);
         let prev_ended = self.last_poll_ended.load(Relaxed);
         // Time spent scheduled: since the wake that followed the last poll
@@ -369,7 +372,10 @@ impl TaskCell {
         }
         self.last_poll_started.store(now, Relaxed);
         self.state.store(state::RUNNING, Relaxed);
-        (prev_started, prev_ended)
+        if prev_started == 0 {
+            self.bind_runtime();
+        }
+        prev_started
     }
 
     /// The poll that started at `started` ends now.

@@ -219,9 +219,7 @@ impl<F: Future> Future for Instrumented<F> {
         }
         let waker = cell_waker(cell);
         let mut cx2 = Context::from_waker(&waker);
-        if cell.poll_started(clock::now_ns()).0 == 0 {
-            cell.bind_runtime();
-        }
+        cell.poll_started(clock::now_ns());
         push_current_id(cell.id);
         let guard = PollGuard { cell };
         let out = this.inner.poll(&mut cx2);
