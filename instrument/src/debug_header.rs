@@ -62,8 +62,8 @@ pub struct TaskOffsets {
     pub last_poll_ended_ns: u32,
     pub completed_at_ns: u32,
     pub max_poll_ns: u32,
-    /// 64 × `u16` bucket counts (histogram scheme 1), a `u16`, then a
-    /// `u8` h: multiply every count by 2^h.
+    /// A `u8` h at +0, a `u16` at +2, then 64 × `u16` bucket counts
+    /// (histogram scheme 1) from +4: multiply every count by 2^h.
     pub poll_histogram: u32,
     pub scheduled_histogram: u32,
     /// Fat pointer (data, len); data 0 = unnamed.

@@ -227,15 +227,18 @@ impl TaskIdentity {
 /// Everything taskscope knows about one task. Hot paths touch only the
 /// atomics.
 ///
-/// Field order is chosen for the cache. A wake from elsewhere (a timer,
-/// another task) usually finds the cell cold, so what it touches (state,
-/// the last wake, the wake counters) comes first, in 32 bytes: with the
-/// `Arc` header and 16-byte allocations those share one cache line three
-/// times in four. What poll starts and ends read and write (the id, the
-/// last timestamps, poll counters) fills the rest of that line and the
-/// next; the histograms (each with its sampling state in front) and the
-/// identity come last. A dump reader finds the fields through
-/// [`crate::debug_header`], not by this order.
+/// Field order is chosen for the cache: when many tasks take turns, a cell
+/// has gone cold by its next poll or wake, and every distinct line it
+/// touches is a miss. A wake from elsewhere (a timer, another task) touches
+/// the state, the last wake and the wake counters, so those come first,
+/// next to the `Arc` counts. What poll starts and ends read and write (the
+/// id, the last timestamps, poll counters and maxima) follows, then the
+/// executor's waker of a wrapped future (read at its every poll and wake),
+/// so that all of it, with the `Arc` counts, spans 144 bytes (asserted in
+/// the tests). The rarer counters, the histograms
+/// (each with its sampling state in front) and the identity come last. A
+/// dump reader finds the fields through [`crate::debug_header`], not by
+/// this order.
 #[repr(C)]
 pub(crate) struct TaskCell {
     pub state: AtomicU8,
@@ -249,6 +252,7 @@ pub(crate) struct TaskCell {
     pub last_wake: AtomicU64,
     pub wakes: AtomicU64,
     pub waker_drops: AtomicU64,
+    pub waker_clones: AtomicU64,
     /// Process-unique id (the tracing span id for tokio tasks); read at
     /// every poll's start and end.
     pub id: u64,
@@ -259,9 +263,13 @@ pub(crate) struct TaskCell {
     pub scheduled_ns: AtomicU64,
     pub max_poll_ns: AtomicU64,
     pub max_scheduled_ns: AtomicU64,
+    /// Wrapped futures only: the executor's waker of the latest poll, which
+    /// the task's own waker (pointing at this cell, so one allocation per
+    /// wrapped future) forwards to; read at every poll and every wake.
+    /// `None` once the future is done.
+    pub executor_waker: crate::wrapper::ExecutorWaker,
     pub wakes_while_scheduled: AtomicU64,
     pub self_wakes: AtomicU64,
-    pub waker_clones: AtomicU64,
     pub created_at: u64,
     pub completed_at: AtomicU64,
     pub poll_histogram: AtomicHistogram,
@@ -269,10 +277,6 @@ pub(crate) struct TaskCell {
     pub identity: TaskIdentity,
     /// Live user spans inside the task (only tasks that have some pay).
     pub spans: crate::backtrace::SpanTree,
-    /// Wrapped futures only: the executor's waker of the latest poll, which
-    /// the task's own waker (pointing at this cell, so one allocation per
-    /// wrapped future) forwards to. `None` once the future is done.
-    pub executor_waker: Mutex<Option<std::task::Waker>>,
 }
 
 /// `size_of::<TaskCell>()`: the fixed memory cost of one task (plus the
@@ -319,12 +323,10 @@ impl TaskCell {
             scheduled_histogram: AtomicHistogram::new(),
             identity,
             spans: crate::backtrace::SpanTree::default(),
-            executor_waker: Mutex::new(None),
+            executor_waker: crate::wrapper::ExecutorWaker::new(),
         }
     }
 
-    /// A poll starts now.
-    #[inline]
     /// Binds a task spawned outside any runtime to the runtime that polls
     /// it first: called at the first poll. tokio opens a `block_on`'s span
     /// before entering its runtime, so without this a second runtime's
@@ -715,6 +717,18 @@ mod tests {
 
     // A task cell, its `Arc` header and its registry slot fit in 1 KiB.
     const _: () = assert!(TASK_CELL_SIZE + 16 + 8 <= 1024);
+
+    // What every poll and wake touches stays within 144 bytes of the
+    // allocation's start (the `Arc` counts are its first 16): three cache
+    // lines.
+    const _: () = {
+        use std::mem::{offset_of, size_of};
+        let hot_end =
+            16 + offset_of!(TaskCell, executor_waker) + size_of::<crate::wrapper::ExecutorWaker>();
+        assert!(hot_end <= 144);
+        assert!(offset_of!(TaskCell, max_scheduled_ns) < offset_of!(TaskCell, executor_waker));
+        assert!(offset_of!(TaskCell, last_wake) < offset_of!(TaskCell, id));
+    };
 
     #[test]
     fn spawn_files_are_shared_per_name_and_never_confused() {

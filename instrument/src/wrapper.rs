@@ -25,8 +25,9 @@
 //! The task's waker points at the task's cell itself (which keeps the
 //! executor's waker of the latest poll), so a wrapped future costs one
 //! allocation in total. The executor's waker is cloned again only when it
-//! changes (`Waker::will_wake`), so the steady-state cost of a poll is two
-//! clock reads, an uncontended lock and a few atomic operations.
+//! changes (`Waker::will_wake`, checked without a lock: see
+//! [`ExecutorWaker`]), so the steady-state cost of a poll is two clock
+//! reads and a few atomic operations.
 #![allow(unsafe_code)]
 
 use std::future::Future;
@@ -211,12 +212,7 @@ impl<F: Future> Future for Instrumented<F> {
         }
         // The executor's waker is cloned only when it changed; the
         // per-poll waker borrows the cell (no reference count taken).
-        {
-            let mut slot = lock_waker(cell);
-            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *slot = Some(cx.waker().clone());
-            }
-        }
+        cell.executor_waker.update(cx.waker());
         let waker = cell_waker(cell);
         let mut cx2 = Context::from_waker(&waker);
         cell.poll_started(clock::now_ns());
@@ -233,26 +229,121 @@ impl<F: Future> Future for Instrumented<F> {
     }
 }
 
-fn lock_waker(cell: &TaskCell) -> std::sync::MutexGuard<'_, Option<Waker>> {
-    // Only `Option` swaps happen under this lock: poisoning leaves it valid.
-    cell.executor_waker
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+/// The executor's waker of a wrapped future's latest poll, which every
+/// waker the wrapper hands out forwards to.
+///
+/// Only the wrapper writes the slot (at a poll, when the executor's waker
+/// changed, and when the future is done), and a future is polled and
+/// dropped by one thread at a time. So the poll-time check "is it still the
+/// same waker?" reads the slot without taking the lock: nothing can change
+/// it meanwhile, and the wakers only read it. The lock (a byte, spun on)
+/// orders the wrapper's writes against the wakers' reads, which happen on
+/// any thread; it is held for a pointer swap or a waker clone, never while
+/// running an executor's `wake` or `drop`, so an executor that polls inline
+/// from `wake` cannot deadlock on it.
+pub(crate) struct ExecutorWaker {
+    locked: std::sync::atomic::AtomicBool,
+    waker: std::cell::UnsafeCell<Option<Waker>>,
+}
+
+// SAFETY: the waker inside is only read or written under `locked`, except
+// the owner's unlocked reads in `update`, which race with no writer (the
+// owner is the only writer, see the type's docs). `Waker` is Send + Sync.
+unsafe impl Sync for ExecutorWaker {}
+
+impl ExecutorWaker {
+    pub(crate) const fn new() -> Self {
+        Self {
+            locked: std::sync::atomic::AtomicBool::new(false),
+            waker: std::cell::UnsafeCell::new(None),
+        }
+    }
+
+    fn lock(&self) -> SlotGuard<'_> {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        let mut spins = 0u32;
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            // Held for a few instructions; a holder that lost its CPU
+            // gets it back sooner if we give ours up.
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        SlotGuard { slot: self }
+    }
+
+    /// At a poll (owner only): keeps `waker` unless the slot already holds
+    /// one that wakes the same task.
+    fn update(&self, waker: &Waker) {
+        // SAFETY: only the owner writes the slot, and the owner is here; an
+        // unlocked read cannot race with a write.
+        if unsafe { &*self.waker.get() }
+            .as_ref()
+            .is_some_and(|w| w.will_wake(waker))
+        {
+            return;
+        }
+        let new = waker.clone();
+        let old = self.lock().replace(Some(new));
+        drop(old);
+    }
+
+    /// Owner only: lets go of the executor's waker (the future is done).
+    fn release(&self) {
+        let old = self.lock().replace(None);
+        drop(old);
+    }
+
+    /// A clone of the executor's waker, if the future is not done.
+    fn get(&self) -> Option<Waker> {
+        let guard = self.lock();
+        // SAFETY: the lock is held.
+        unsafe { &*guard.slot.waker.get() }.clone()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.get().is_none()
+    }
+}
+
+struct SlotGuard<'a> {
+    slot: &'a ExecutorWaker,
+}
+
+impl SlotGuard<'_> {
+    fn replace(&self, w: Option<Waker>) -> Option<Waker> {
+        // SAFETY: the lock is held.
+        std::mem::replace(unsafe { &mut *self.slot.waker.get() }, w)
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.slot
+            .locked
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The future is done: the executor's waker (often a reference to the
 /// executor's task) is not kept while the cell waits for eviction. Wakes
 /// through clones still around become no-ops.
 fn release_executor_waker(cell: &TaskCell) {
-    let old = lock_waker(cell).take();
-    drop(old);
+    cell.executor_waker.release();
 }
 
 /// Forwards a wake to the executor. The waker is cloned out of the lock
 /// so that an executor that polls inline from `wake` cannot deadlock.
 fn wake_executor(cell: &TaskCell) {
-    let w = lock_waker(cell).clone();
-    if let Some(w) = w {
+    if let Some(w) = cell.executor_waker.get() {
         w.wake();
     }
 }
@@ -310,6 +401,7 @@ unsafe fn drop_waker(ptr: *const ()) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use std::task::Wake;
 
     struct CountWakes(AtomicU64);
@@ -390,7 +482,152 @@ mod tests {
         assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(1));
         let cell = fut.cell.clone().expect("registered");
         drop(fut);
-        assert!(lock_waker(&cell).is_none());
+        assert!(cell.executor_waker.is_empty());
         assert_eq!(Arc::strong_count(&exec), 2, "only `exec` and `waker`");
+    }
+
+    #[test]
+    fn wakes_from_other_threads_all_reach_the_executor_while_its_waker_changes() {
+        crate::publish::set_running(true);
+        // Two executor wakers taking turns: every poll replaces the one
+        // the task's wakers forward to, while four threads wake the task.
+        let execs = [
+            Arc::new(CountWakes(AtomicU64::new(0))),
+            Arc::new(CountWakes(AtomicU64::new(0))),
+        ];
+        let wakers = execs.each_ref().map(|e| Waker::from(e.clone()));
+        let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+        let mut sent = false;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_fut = stop.clone();
+        let mut fut = Box::pin(instrument(std::future::poll_fn(move |cx| {
+            if !sent {
+                for _ in 0..4 {
+                    tx.send(cx.waker().clone()).unwrap();
+                }
+                sent = true;
+            }
+            if stop_fut.load(Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })));
+        assert!(fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&wakers[0]))
+            .is_pending());
+        const PER_THREAD: u64 = 20_000;
+        let threads: Vec<_> = rx
+            .try_iter()
+            .map(|w| {
+                std::thread::spawn(move || {
+                    for i in 0..PER_THREAD {
+                        if i % 2 == 0 {
+                            w.wake_by_ref();
+                        } else {
+                            // By value: a clone of ours, consumed.
+                            let owned = w.clone();
+                            owned.wake();
+                        }
+                    }
+                })
+            })
+            .collect();
+        assert_eq!(threads.len(), 4);
+        let mut polls = 1u64;
+        while !threads.iter().all(|t| t.is_finished()) {
+            let w = &wakers[(polls % 2) as usize];
+            assert!(fut.as_mut().poll(&mut Context::from_waker(w)).is_pending());
+            polls += 1;
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        stop.store(true, Relaxed);
+        assert!(fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&wakers[0]))
+            .is_ready());
+        let reached: u64 = execs.iter().map(|e| e.0.load(Relaxed)).sum();
+        assert_eq!(
+            reached,
+            4 * PER_THREAD,
+            "every wake reaches an executor waker"
+        );
+        let cell = fut.cell.clone().expect("registered");
+        drop(fut);
+        let m = cell.to_model(false);
+        assert_eq!(m.wakes, 4 * PER_THREAD);
+        assert_eq!(m.polls, polls + 1);
+        // Only the test's own references are left: the replaced executor
+        // wakers were all released.
+        assert!(execs.iter().all(|e| Arc::strong_count(e) == 2));
+    }
+
+    #[test]
+    fn an_executor_that_polls_from_inside_wake_does_not_deadlock() {
+        crate::publish::set_running(true);
+        type Body = Box<dyn FnMut(&mut Context<'_>) -> Poll<()> + Send>;
+        type Fut = Pin<Box<Instrumented<std::future::PollFn<Body>>>>;
+        // An executor that polls its task right inside `wake`, each time
+        // with a waker of its own it has not used before (so the wrapper
+        // swaps the executor waker it keeps while a wake is forwarding).
+        struct Inline {
+            task: Mutex<Option<Fut>>,
+            polls: AtomicU64,
+        }
+        struct InlineWaker(Arc<Inline>);
+        impl Wake for InlineWaker {
+            fn wake(self: Arc<Self>) {
+                let inline = self.0.clone();
+                let fresh = Waker::from(Arc::new(InlineWaker(inline.clone())));
+                let mut task = inline.task.lock().unwrap();
+                if let Some(fut) = task.as_mut() {
+                    inline.polls.fetch_add(1, Relaxed);
+                    if fut
+                        .as_mut()
+                        .poll(&mut Context::from_waker(&fresh))
+                        .is_ready()
+                    {
+                        *task = None;
+                    }
+                }
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+        let mut n = 0;
+        let body: Body = Box::new(move |cx| {
+            n += 1;
+            if n == 4 {
+                return Poll::Ready(());
+            }
+            tx.send(cx.waker().clone()).unwrap();
+            Poll::Pending
+        });
+        let inline = Arc::new(Inline {
+            task: Mutex::new(Some(Box::pin(instrument(std::future::poll_fn(body))))),
+            polls: AtomicU64::new(0),
+        });
+        // On a thread of its own, so that a deadlock fails the test
+        // instead of hanging it.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let driver = inline.clone();
+        std::thread::spawn(move || {
+            Waker::from(Arc::new(InlineWaker(driver))).wake();
+            // Each stored waker, woken, polls the task inline through the
+            // wrapper's forwarding.
+            for _ in 0..3 {
+                rx.recv_timeout(std::time::Duration::from_secs(5))
+                    .expect("the task stored its waker")
+                    .wake();
+            }
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("waking the task deadlocked");
+        assert_eq!(inline.polls.load(Relaxed), 4);
+        assert!(inline.task.lock().unwrap().is_none(), "the task finished");
     }
 }
