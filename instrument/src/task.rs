@@ -235,10 +235,10 @@ impl TaskIdentity {
 /// id, the last timestamps, poll counters and maxima) follows, then the
 /// executor's waker of a wrapped future (read at its every poll and wake),
 /// so that all of it, with the `Arc` counts, spans 144 bytes (asserted in
-/// the tests). The rarer counters, the histograms
-/// (each with its sampling state in front) and the identity come last. A
-/// dump reader finds the fields through [`crate::debug_header`], not by
-/// this order.
+/// the tests). The rarer counters follow, then the histograms (a poll
+/// touches one bucket of each; each has its sampling state in front) and
+/// the identity. A dump reader finds the fields through
+/// [`crate::debug_header`], not by this order.
 #[repr(C)]
 pub(crate) struct TaskCell {
     pub state: AtomicU8,
