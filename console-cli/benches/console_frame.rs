@@ -5,7 +5,11 @@
 //! * frame: `refresh` (no-op, rows cached) + drawing the task table;
 //! * key→frame for a sort key (`8`: by idle time) and for a filter
 //!   (`/worker-1.*7` Enter): the action, the row rebuild and one frame;
-//! * the first refresh after a new update (the per-update cost).
+//! * the first refresh after a new update (the per-update cost);
+//! * update→frame on a live console sorted by name: an update that changes
+//!   one task (the set of tasks stays), then the refresh and one frame —
+//!   what an app whose tasks are mostly parked costs the console each
+//!   second.
 //!
 //! Run: `cargo bench -p taskscope-cli --bench console_frame` (TASKS=100000
 //! to change the size). Target: frame ≤ 16 ms.
@@ -15,11 +19,13 @@ use std::time::{Duration, Instant};
 
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
+use taskscope_cli::client::{Protocol, WatchEvent};
 use taskscope_cli::console::state::{Action, ConsoleState, TaskColumn};
 use taskscope_cli::console::{view, Timeline};
 use taskscope_wire::model::{
     EdgeKind, Hazard, Location, Resource, Severity, State, Task, TaskState, Timestamp, WaitEdge,
 };
+use taskscope_wire::proto;
 use taskscope_wire::state::full_state_updates;
 
 const SEC: u64 = 1_000_000_000;
@@ -173,6 +179,30 @@ fn main() {
         filters.push(t.elapsed());
         state.apply(Action::Back);
     }
+    let at = model.updated_at.unwrap_or(Timestamp(0));
+    let mut live = ConsoleState::live("synthetic");
+    live.apply_event(WatchEvent::Connected {
+        protocol: Protocol::Taskscope,
+    });
+    for u in full_state_updates(&model, at, 0) {
+        live.apply_event(WatchEvent::Taskscope(Box::new(u)));
+    }
+    live.apply(Action::SortBy(TaskColumn::Name));
+    frame(&mut live);
+    let mut updates = Vec::new();
+    for i in 0..runs {
+        let mut changed = model.tasks[&(i + 1)].clone();
+        changed.polls += 1;
+        let update = proto::Update {
+            at: Some(at.into()),
+            tasks: vec![proto::Task::from(&changed)],
+            ..proto::Update::default()
+        };
+        let t = Instant::now();
+        live.apply_event(WatchEvent::Taskscope(Box::new(update)));
+        frame(&mut live);
+        updates.push(t.elapsed());
+    }
     let (fmin, fmed) = stats(frames);
     let (smin, smed) = stats(sorts);
     let (lmin, lmed) = stats(filters);
@@ -185,6 +215,11 @@ fn main() {
     println!(
         "{:<34} {:>9.2} {:>9.2}",
         "key→frame: regex filter", lmin, lmed
+    );
+    let (umin, umed) = stats(updates);
+    println!(
+        "{:<34} {:>9.2} {:>9.2}",
+        "update→frame: same tasks, by name", umin, umed
     );
     println!(
         "frame target ≤ 16 ms: {}",

@@ -93,6 +93,35 @@ fn selection_follows_the_task_across_updates() {
 }
 
 #[test]
+fn a_new_sort_of_the_same_tasks_follows_keys_that_changed() {
+    // The rows are re-sorted from the last order while the task set stays
+    // the same; a key that moved (more polls, a new name) must still move
+    // its task.
+    let state = app_state();
+    let mut c = live_console(&state);
+    press(&mut c, "9"); // polls, largest first
+    let last = *c.task_rows().last().expect("rows");
+    let mut busier = state.tasks[&last].clone();
+    busier.polls = 1_000_000;
+    c.apply_event(WatchEvent::Taskscope(Box::new(delta(&[busier], ago(0.0)))));
+    c.refresh();
+    assert_eq!(c.task_rows().len(), state.tasks.len(), "the same tasks");
+    assert_eq!(c.task_rows()[0], last, "the busiest task leads now");
+
+    press(&mut c, "4"); // name, A→Z
+    let last = *c.task_rows().last().expect("rows");
+    let mut renamed = c.model().tasks[&last].clone();
+    renamed.name = Some("aaa-renamed".into());
+    c.apply_event(WatchEvent::Taskscope(Box::new(delta(&[renamed], ago(0.0)))));
+    c.refresh();
+    assert_eq!(names(&c)[0], "aaa-renamed");
+    let sorted = names(&c);
+    let mut expected = sorted.clone();
+    expected.sort();
+    assert_eq!(sorted, expected, "still sorted by name");
+}
+
+#[test]
 fn enter_walks_from_a_blocked_task_to_the_resource_and_its_holder() {
     let mut c = live_console(&app_state());
     press(&mut c, "/transfer-a⏎⏎");

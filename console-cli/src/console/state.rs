@@ -264,6 +264,12 @@ pub struct ConsoleState {
     resource_selected: usize,
     hazard_selected: usize,
     task_rows: Vec<TaskId>,
+    /// The (filtered) task ids the rows were last sorted from, in id order,
+    /// and that sort's result as indexes into them (ascending): while the
+    /// set stays the same, the next sort is handed the keys in this order,
+    /// and merely confirms it (one comparison per row) unless a key moved.
+    sort_basis: Vec<TaskId>,
+    sort_order: Vec<u32>,
     resource_rows: Vec<ResourceId>,
     /// Indexes into [`ConsoleState::hazards`] per task.
     task_hazards: HashMap<TaskId, Vec<usize>>,
@@ -318,6 +324,8 @@ impl ConsoleState {
             resource_selected: 0,
             hazard_selected: 0,
             task_rows: Vec::new(),
+            sort_basis: Vec::new(),
+            sort_order: Vec::new(),
             resource_rows: Vec::new(),
             task_hazards: HashMap::new(),
             stale: true,
@@ -700,8 +708,15 @@ impl ConsoleState {
                 index.get(&t.id).map_or(0, Vec::len)
             }
         };
-        let mut rows = sorted_ids(&tasks, self.sort, now, &warnings);
+        // With 100k tasks and nothing new, re-sorting from scratch after
+        // every update (once a second) cost a debug build most of a core.
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        let previous = (ids == self.sort_basis).then_some(self.sort_order.as_slice());
+        let order = sorted_order(&tasks, previous, self.sort, now, &warnings);
+        let mut rows: Vec<TaskId> = order.iter().map(|&i| tasks[i as usize].id).collect();
         drop(tasks);
+        self.sort_basis = ids;
+        self.sort_order = order;
         if self.descending {
             rows.reverse();
         }
@@ -1093,62 +1108,66 @@ pub fn task_matches(task: &Task, re: &Regex) -> bool {
 /// Task ids sorted ascending by `column`, ties broken by id so the order is
 /// stable. Numeric columns sort packed `u128` keys (value, then id): no
 /// pointer chasing in the comparisons, which keeps 1M tasks fast.
-fn sorted_ids(
+/// The order of `tasks` (which come in id order) by `column`, ascending,
+/// ties broken by id: indexes into `tasks`. `previous`, a permutation of
+/// those indexes (the last order, for the same tasks), is the order the
+/// keys are handed to the sort in: when it still holds, the sort only
+/// checks it, one comparison per task.
+fn sorted_order(
     tasks: &[&Task],
+    previous: Option<&[u32]>,
     column: TaskColumn,
     now: Timestamp,
     warnings: &dyn Fn(&Task) -> usize,
-) -> Vec<TaskId> {
-    fn packed(tasks: &[&Task], key: impl Fn(&Task) -> u64) -> Vec<TaskId> {
-        let mut keys: Vec<u128> = tasks
+) -> Vec<u32> {
+    let n = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
+    let all: Vec<u32>;
+    let order = match previous {
+        Some(p) if p.len() == tasks.len() => p,
+        _ => {
+            all = (0..n).collect();
+            &all
+        }
+    };
+    // An index stands for the id in every tie-break: `tasks` is in id
+    // order.
+    fn by<K: Ord>(order: &[u32], key: impl Fn(u32) -> K) -> Vec<u32> {
+        let mut keys: Vec<(K, u32)> = order.iter().map(|&i| (key(i), i)).collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|k| k.1).collect()
+    }
+    // Numeric keys and the index packed into one integer: one comparison
+    // instead of a tuple's chain.
+    fn packed(order: &[u32], key: impl Fn(u32) -> u64) -> Vec<u32> {
+        let mut keys: Vec<u128> = order
             .iter()
-            .map(|t| (u128::from(key(t)) << 64) | u128::from(t.id))
+            .map(|&i| (u128::from(key(i)) << 32) | u128::from(i))
             .collect();
         keys.sort_unstable();
-        keys.into_iter().map(|k| k as u64).collect()
+        keys.into_iter().map(|k| k as u32).collect()
     }
+    let t = |i: u32| tasks[i as usize];
     match column {
-        TaskColumn::Id => packed(tasks, |t| t.tokio_id.unwrap_or(u64::MAX)),
-        TaskColumn::State => packed(tasks, |t| t.state as u64),
-        TaskColumn::Total => packed(tasks, |t| t.total_ns(now)),
-        TaskColumn::Busy => packed(tasks, |t| t.busy_ns),
-        TaskColumn::Scheduled => packed(tasks, |t| t.scheduled_ns),
-        TaskColumn::Idle => packed(tasks, |t| t.idle_ns_at(now)),
-        TaskColumn::Polls => packed(tasks, |t| t.polls),
+        TaskColumn::Id => packed(order, |i| t(i).tokio_id.unwrap_or(u64::MAX)),
+        TaskColumn::State => packed(order, |i| t(i).state as u64),
+        TaskColumn::Total => packed(order, |i| t(i).total_ns(now)),
+        TaskColumn::Busy => packed(order, |i| t(i).busy_ns),
+        TaskColumn::Scheduled => packed(order, |i| t(i).scheduled_ns),
+        TaskColumn::Idle => packed(order, |i| t(i).idle_ns_at(now)),
+        TaskColumn::Polls => packed(order, |i| t(i).polls),
         // Order-preserving map of i64 onto u64.
-        TaskColumn::Wakers => packed(tasks, |t| (t.live_wakers() as u64) ^ (1 << 63)),
-        TaskColumn::Warnings => {
-            // Findings, then live before finished, then smallest id first
-            // once reversed (the id is complemented).
-            let mut keys: Vec<(u32, bool, u64, TaskId)> = tasks
-                .iter()
-                .map(|t| {
-                    let w = u32::try_from(warnings(t)).unwrap_or(u32::MAX);
-                    (w, t.state.is_live(), u64::MAX - t.id, t.id)
-                })
-                .collect();
-            keys.sort_unstable();
-            keys.into_iter().map(|k| k.3).collect()
-        }
-        TaskColumn::Name => {
-            let mut keys: Vec<(&str, TaskId)> = tasks
-                .iter()
-                .map(|t| (t.name.as_deref().unwrap_or(""), t.id))
-                .collect();
-            keys.sort_unstable();
-            keys.into_iter().map(|k| k.1).collect()
-        }
-        TaskColumn::Location => {
-            let mut keys: Vec<(&str, u32, TaskId)> = tasks
-                .iter()
-                .map(|t| match &t.location {
-                    Some(l) => (l.file.as_str(), l.line, t.id),
-                    None => ("", 0, t.id),
-                })
-                .collect();
-            keys.sort_unstable();
-            keys.into_iter().map(|k| k.2).collect()
-        }
+        TaskColumn::Wakers => packed(order, |i| (t(i).live_wakers() as u64) ^ (1 << 63)),
+        // Findings, then live before finished, then smallest id first once
+        // reversed (the index is complemented).
+        TaskColumn::Warnings => by(order, |i| {
+            let w = u32::try_from(warnings(t(i))).unwrap_or(u32::MAX);
+            (w, t(i).state.is_live(), u32::MAX - i)
+        }),
+        TaskColumn::Name => by(order, |i| t(i).name.as_deref().unwrap_or("")),
+        TaskColumn::Location => by(order, |i| match &t(i).location {
+            Some(l) => (l.file.as_str(), l.line),
+            None => ("", 0),
+        }),
     }
 }
 
