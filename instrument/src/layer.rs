@@ -67,7 +67,13 @@ enum Kind {
     AsyncOp,
     AsyncOpPoll,
     User,
-    Waker,
+    /// A waker event, with the indexes of its `op` and `task.id` fields in
+    /// the callsite's field set (so that its visitor compares indexes, not
+    /// names; `u8::MAX` when the callsite lacks the field).
+    Waker {
+        op: u8,
+        task: u8,
+    },
     PollOp,
     StateUpdate,
     OpStateUpdate,
@@ -131,7 +137,18 @@ fn classify(meta: &Metadata<'_>) -> Kind {
         }
     } else {
         match meta.target() {
-            "tokio::task::waker" => Kind::Waker,
+            "tokio::task::waker" => {
+                let index = |name| {
+                    meta.fields()
+                        .field(name)
+                        .and_then(|f| u8::try_from(f.index()).ok())
+                        .unwrap_or(u8::MAX)
+                };
+                Kind::Waker {
+                    op: index("op"),
+                    task: index("task.id"),
+                }
+            }
             "runtime::resource::poll_op" => Kind::PollOp,
             "runtime::resource::state_update" => Kind::StateUpdate,
             "runtime::resource::async_op::state_update" => Kind::OpStateUpdate,
@@ -727,22 +744,24 @@ impl Visit for StateFields {
     }
 }
 
-#[derive(Default)]
 struct WakerFields {
+    /// Indexes of the `op` and `task.id` fields (see [`Kind::Waker`]).
+    op_field: u8,
+    task_field: u8,
     op: u8,
     task: u64,
 }
 
 impl Visit for WakerFields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "op" {
+        if field.index() == usize::from(self.op_field) {
             let mut s = SmallStr::new();
             let _ = write!(s, "{value:?}");
             self.record_str(field, s.as_str().trim_matches('"'));
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "op" {
+        if field.index() == usize::from(self.op_field) {
             self.op = match value {
                 "waker.clone" => 1,
                 "waker.drop" => 2,
@@ -753,7 +772,7 @@ impl Visit for WakerFields {
         }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if field.name() == "task.id" {
+        if field.index() == usize::from(self.task_field) {
             self.task = value;
         }
     }
@@ -983,8 +1002,13 @@ impl TaskscopeLayer {
         span_table::insert(id.into_u64(), SpanEntry::User(task));
     }
 
-    fn on_waker_event(&self, event: &Event<'_>) {
-        let mut f = WakerFields::default();
+    fn on_waker_event(&self, event: &Event<'_>, op_field: u8, task_field: u8) {
+        let mut f = WakerFields {
+            op_field,
+            task_field,
+            op: 0,
+            task: 0,
+        };
         event.record(&mut f);
         if f.op == 0 || f.task == 0 {
             return;
@@ -1072,7 +1096,7 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         match classify_cached(event.metadata()) {
-            Kind::Waker => self.on_waker_event(event),
+            Kind::Waker { op, task } => self.on_waker_event(event, op, task),
             Kind::PollOp if !ignored() => self.poll_op(event, &ctx),
             k @ (Kind::StateUpdate | Kind::OpStateUpdate) if !ignored() => {
                 self.on_resource_event(k, event)
