@@ -190,8 +190,8 @@ fn main() {
     live.apply(Action::SortBy(TaskColumn::Name));
     frame(&mut live);
     let mut updates = Vec::new();
-    for i in 0..runs {
-        let mut changed = model.tasks[&(i + 1)].clone();
+    for task in model.tasks.values().cycle().take(runs) {
+        let mut changed = task.clone();
         changed.polls += 1;
         let update = proto::Update {
             at: Some(at.into()),

@@ -1105,12 +1105,11 @@ pub fn task_matches(task: &Task, re: &Regex) -> bool {
     })
 }
 
-/// Task ids sorted ascending by `column`, ties broken by id so the order is
-/// stable. Numeric columns sort packed `u128` keys (value, then id): no
-/// pointer chasing in the comparisons, which keeps 1M tasks fast.
 /// The order of `tasks` (which come in id order) by `column`, ascending,
-/// ties broken by id: indexes into `tasks`. `previous`, a permutation of
-/// those indexes (the last order, for the same tasks), is the order the
+/// ties broken by id so that it is stable: indexes into `tasks`. Numeric
+/// columns sort packed `u128` keys (value, then index): no pointer chasing
+/// in the comparisons, which keeps 1M tasks fast. `previous`, a permutation
+/// of those indexes (the last order, for the same tasks), is the order the
 /// keys are handed to the sort in: when it still holds, the sort only
 /// checks it, one comparison per task.
 fn sorted_order(
