@@ -185,12 +185,7 @@ impl<'a> Reader<'a> {
         *budget -= 1;
         match &v.ty.kind {
             TypeKind::Pointer { .. } => {
-                if !v.ty.name.starts_with('&') {
-                    return true;
-                }
-                self.mem
-                    .read_u64(v.addr)
-                    .is_ok_and(|p| p != 0 && p <= MAX_ADDR)
+                !v.ty.name.starts_with('&') || self.non_null_pointer_at(v.addr)
             }
             TypeKind::Base => match v.ty.name.as_str() {
                 "bool" => self.mem.read_uint(v.addr, 1).is_ok_and(|b| b <= 1),
@@ -234,10 +229,7 @@ impl<'a> Reader<'a> {
                 // A fat reference (`&str`, `&[T]`, `&dyn T`) and a
                 // `NonNull` (thin or fat) start with their data pointer.
                 if v.ty.name.starts_with("NonNull<") || v.ty.name.starts_with('&') {
-                    return self
-                        .mem
-                        .read_u64(v.addr)
-                        .is_ok_and(|p| p != 0 && p <= MAX_ADDR);
+                    return self.non_null_pointer_at(v.addr);
                 }
                 if variants.is_some() {
                     let Some((_, active)) = self.variant(v) else {
@@ -254,6 +246,15 @@ impl<'a> Reader<'a> {
             }
             TypeKind::Union { .. } | TypeKind::Other => true,
         }
+    }
+
+    /// Whether the word at `addr` is a non-null canonical address: what a
+    /// reference or `NonNull` may hold. Not [`plausible_pointer`]: an empty
+    /// `Vec`'s `NonNull::dangling()` (its alignment, e.g. 8) is valid.
+    fn non_null_pointer_at(&self, addr: u64) -> bool {
+        self.mem
+            .read_u64(addr)
+            .is_ok_and(|p| p != 0 && p <= MAX_ADDR)
     }
 
     /// `&str` / `Box<str>`: (data_ptr, length) -> text.
