@@ -1,4 +1,4 @@
-//! The five configurations, each installed once at the start of a child
+//! The configurations (five by default, two on request), each installed once at the start of a child
 //! process (a global tracing subscriber can be set only once per process).
 //!
 //! - `none`: no subscriber. tokio's instrumentation callsites are compiled
@@ -14,6 +14,8 @@
 //!   `taskscope::init()` as apps do.
 //! - `taskscope-wrapper`: no subscriber; every spawned future is wrapped in
 //!   `taskscope::instrument`.
+//! - `wrapper-floor` (only on request): no subscriber; every spawned future
+//!   is wrapped in the minimal counting wrapper of `floor_wrapper`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,6 +47,11 @@ pub enum Config {
     /// to `taskscope-tracing`, what the detectors cost (not in the default
     /// set; `--configs floor,taskscope-tracing,taskscope-tracing-no-detectors`).
     TaskscopeTracingNoDetectors,
+    /// The least a runtime-agnostic wrapper that counts wakes and times
+    /// polls pays (see `floor_wrapper`): next to `taskscope-wrapper`, what
+    /// its task records, registry and server cost (not in the default set;
+    /// `--configs none,wrapper-floor,taskscope-wrapper`).
+    WrapperFloor,
 }
 
 impl Config {
@@ -64,6 +71,7 @@ impl Config {
             Config::TaskscopeTracing => "taskscope-tracing",
             Config::TaskscopeWrapper => "taskscope-wrapper",
             Config::TaskscopeTracingNoDetectors => "taskscope-tracing-no-detectors",
+            Config::WrapperFloor => "wrapper-floor",
         }
     }
 }
@@ -170,6 +178,10 @@ pub fn install(config: Config) -> anyhow::Result<Installed> {
                 taskscope: Some((guard, addr)),
             })
         }
+        Config::WrapperFloor => Ok(Installed {
+            spawner: Spawner::FloorWrapped,
+            taskscope: None,
+        }),
         Config::TaskscopeWrapper => {
             let guard = taskscope::Builder::default()
                 .bind("127.0.0.1:0")

@@ -20,7 +20,8 @@
 //! that configuration alone.
 //!
 //! Modules: [`workload`] (the task bodies, identical under every
-//! configuration), [`config`] (the five configurations), [`measure`] (CPU
+//! configuration), [`config`] (the configurations), [`floor_wrapper`]
+//! (the minimal wrapper of `wrapper-floor`), [`measure`] (CPU
 //! time and RSS), [`runner`] (the parent's process handling), [`report`]
 //! (statistics, Markdown and JSON).
 
@@ -32,6 +33,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 mod config;
+mod floor_wrapper;
 mod measure;
 mod report;
 mod runner;

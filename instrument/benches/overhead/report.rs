@@ -366,7 +366,19 @@ pub fn markdown(report: &Report) -> String {
          cost any tracing-based tool pays before its own work); `console-subscriber` \
          0.5 as its docs set it up, with its gRPC server; `taskscope-tracing` \
          taskscope's layer and gRPC server; `taskscope-wrapper` no subscriber, every \
-         spawned future wrapped in `taskscope::instrument`.{}\n",
+         spawned future wrapped in `taskscope::instrument`.{}{}\n",
+        if report
+            .columns
+            .iter()
+            .any(|c| c.config == Config::WrapperFloor)
+        {
+            " `wrapper-floor`: no subscriber, every spawned future wrapped in the least \
+             a wrapper that counts wakes and times polls does (its own waker forwarding \
+             to the executor's, two time-stamp-counter reads per poll; no task record, \
+             registry or server)."
+        } else {
+            ""
+        },
         if report.columns.iter().any(|c| c.other_build) {
             " `none, no tokio_unstable`: `none` run by a second build of this benchmark \
              without `--cfg tokio_unstable` (`instrument/benches/run.sh`)."

@@ -4,8 +4,8 @@
 //! and is driven from a task, so that its spawns take the runtime's normal
 //! worker path. The only thing a configuration may change is [`Spawner`]:
 //! `taskscope-wrapper` wraps each future in `taskscope::instrument` before
-//! handing it to `tokio::spawn`; every other configuration spawns the bare
-//! future. Task bodies, counts and channel sizes never depend on the
+//! handing it to `tokio::spawn`, `wrapper-floor` in a minimal counting
+//! wrapper; every other configuration spawns the bare future. Task bodies, counts and channel sizes never depend on the
 //! configuration.
 
 use std::future::Future;
@@ -148,12 +148,15 @@ pub struct Sample {
     pub peak_reset: bool,
 }
 
-/// Spawns tasks the way the configuration asks: bare, or wrapped in
-/// taskscope's future instrumentation.
+/// Spawns tasks the way the configuration asks: bare, wrapped in
+/// taskscope's future instrumentation, or in `wrapper-floor`'s minimal
+/// wrapper.
 #[derive(Clone, Copy, Debug)]
 pub enum Spawner {
     Plain,
     Wrapped,
+    /// `wrapper-floor`'s minimal wrapper.
+    FloorWrapped,
 }
 
 impl Spawner {
@@ -165,6 +168,7 @@ impl Spawner {
         match self {
             Spawner::Plain => tokio::spawn(future),
             Spawner::Wrapped => tokio::spawn(taskscope::instrument(future)),
+            Spawner::FloorWrapped => tokio::spawn(crate::floor_wrapper::wrap(future)),
         }
     }
 }
