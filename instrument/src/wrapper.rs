@@ -176,12 +176,24 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// shows such tasks as `w<n>`).
 pub use taskscope_wire::model::WRAPPED_ID_BIT;
 
-/// Un-does the poll bookkeeping even if the inner poll unwinds.
+/// Ends the poll's bookkeeping even if the inner poll unwinds.
 struct PollGuard<'a> {
     cell: &'a Arc<TaskCell>,
 }
 
+impl PollGuard<'_> {
+    /// Ends the poll normally; returns when it ended.
+    fn end(self) -> u64 {
+        let now = clock::now_ns();
+        self.cell.poll_ended(now, false);
+        pop_current(self.cell.id);
+        std::mem::forget(self);
+        now
+    }
+}
+
 impl Drop for PollGuard<'_> {
+    /// The inner poll unwound.
     fn drop(&mut self) {
         self.cell
             .poll_ended(clock::now_ns(), std::thread::panicking());
@@ -219,10 +231,10 @@ impl<F: Future> Future for Instrumented<F> {
         push_current_id(cell.id);
         let guard = PollGuard { cell };
         let out = this.inner.poll(&mut cx2);
-        drop(guard);
+        let ended = guard.end();
         if out.is_ready() {
             *this.done = true;
-            cell.finish(state::COMPLETED, clock::now_ns());
+            cell.finish(state::COMPLETED, ended);
             release_executor_waker(cell);
         }
         out
@@ -444,6 +456,37 @@ mod tests {
         assert_eq!((m.polls, m.wakes, m.self_wakes), (2, 2, 2));
         assert_eq!((m.waker_clones, m.waker_drops), (1, 1));
         assert_eq!(m.state, taskscope_wire::model::TaskState::Completed);
+        assert!(m.completed_at.is_some());
+        assert_eq!(
+            m.completed_at, m.last_poll_ended,
+            "it completed when its last poll ended"
+        );
+    }
+
+    #[test]
+    fn a_poll_that_panics_ends_the_poll_and_the_task() {
+        crate::publish::set_running(true);
+        let exec = Arc::new(CountWakes(AtomicU64::new(0)));
+        let waker = Waker::from(exec.clone());
+        let mut fut = Box::pin(instrument(std::future::poll_fn(|_| -> Poll<()> {
+            panic!("inner poll panics")
+        })));
+        let cell = fut.cell.clone().expect("registered");
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = fut.as_mut().poll(&mut Context::from_waker(&waker));
+        }));
+        assert!(caught.is_err());
+        assert_ne!(
+            current_task(),
+            cell.id,
+            "the poll left the current-task stack"
+        );
+        drop(fut);
+        let m = cell.to_model(false);
+        assert_eq!(m.state, taskscope_wire::model::TaskState::Panicked);
+        assert_eq!(m.polls, 1);
+        assert!(m.last_poll_ended.is_some());
+        assert!(cell.executor_waker.is_empty(), "the drop let go of it");
     }
 
     #[test]
