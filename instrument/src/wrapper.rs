@@ -182,11 +182,16 @@ struct PollGuard<'a> {
 }
 
 impl PollGuard<'_> {
+    /// Records the poll's end at `now` and leaves the current-task stack.
+    fn close(&self, now: u64, panicking: bool) {
+        self.cell.poll_ended(now, panicking);
+        pop_current(self.cell.id);
+    }
+
     /// Ends the poll normally; returns when it ended.
     fn end(self) -> u64 {
         let now = clock::now_ns();
-        self.cell.poll_ended(now, false);
-        pop_current(self.cell.id);
+        self.close(now, false);
         std::mem::forget(self);
         now
     }
@@ -195,9 +200,7 @@ impl PollGuard<'_> {
 impl Drop for PollGuard<'_> {
     /// The inner poll unwound.
     fn drop(&mut self) {
-        self.cell
-            .poll_ended(clock::now_ns(), std::thread::panicking());
-        pop_current(self.cell.id);
+        self.close(clock::now_ns(), std::thread::panicking());
     }
 }
 
