@@ -1,4 +1,4 @@
-//! The configurations (five by default, two on request), each installed once at the start of a child
+//! The configurations (five by default, four on request), each installed once at the start of a child
 //! process (a global tracing subscriber can be set only once per process).
 //!
 //! - `none`: no subscriber. tokio's instrumentation callsites are compiled
@@ -16,6 +16,8 @@
 //!   `taskscope::instrument`.
 //! - `wrapper-floor` (only on request): no subscriber; every spawned future
 //!   is wrapped in the minimal counting wrapper of `floor_wrapper`.
+//! - `layer-extensions` and `layer-floor` (only on request): the registry
+//!   plus one of `floor_layer`'s minimal counting layers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,6 +54,16 @@ pub enum Config {
     /// its task records, registry and server cost (not in the default set;
     /// `--configs none,wrapper-floor,taskscope-wrapper`).
     WrapperFloor,
+    /// A tracing layer that counts each task's polls and wakes and times
+    /// its polls, keeping its records in span extensions as layers usually
+    /// do (see `floor_layer`; not in the default set).
+    LayerExtensions,
+    /// The least such a layer pays: records in a flat table indexed by the
+    /// span's slab address (see `floor_layer`): next to
+    /// `taskscope-tracing`, what its task records, states, histograms,
+    /// resources, backtraces and server cost (not in the default set;
+    /// `--configs floor,layer-floor,taskscope-tracing`).
+    LayerFloor,
 }
 
 impl Config {
@@ -72,6 +84,8 @@ impl Config {
             Config::TaskscopeWrapper => "taskscope-wrapper",
             Config::TaskscopeTracingNoDetectors => "taskscope-tracing-no-detectors",
             Config::WrapperFloor => "wrapper-floor",
+            Config::LayerExtensions => "layer-extensions",
+            Config::LayerFloor => "layer-floor",
         }
     }
 }
@@ -177,6 +191,20 @@ pub fn install(config: Config) -> anyhow::Result<Installed> {
                 spawner: Spawner::Plain,
                 taskscope: Some((guard, addr)),
             })
+        }
+        Config::LayerExtensions => {
+            tracing_subscriber::registry()
+                .with(crate::floor_layer::ExtensionsLayer)
+                .try_init()
+                .context("installing the layer-extensions subscriber")?;
+            Ok(Installed::plain())
+        }
+        Config::LayerFloor => {
+            tracing_subscriber::registry()
+                .with(crate::floor_layer::DirectLayer)
+                .try_init()
+                .context("installing the layer-floor subscriber")?;
+            Ok(Installed::plain())
         }
         Config::WrapperFloor => Ok(Installed {
             spawner: Spawner::FloorWrapped,

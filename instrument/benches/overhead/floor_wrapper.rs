@@ -83,7 +83,7 @@ pub fn wrap<F: Future>(inner: F) -> FloorWrapped<F> {
 /// The time-stamp counter, as taskscope's clock reads it.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn ticks() -> u64 {
+pub(crate) fn ticks() -> u64 {
     // SAFETY: RDTSC exists on every x86-64 CPU and only reads a counter.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
@@ -91,7 +91,7 @@ fn ticks() -> u64 {
 /// Elsewhere taskscope reads `Instant`.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn ticks() -> u64 {
+pub(crate) fn ticks() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
         .get_or_init(std::time::Instant::now)

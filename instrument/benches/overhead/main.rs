@@ -33,6 +33,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 mod config;
+mod floor_layer;
 mod floor_wrapper;
 mod measure;
 mod report;

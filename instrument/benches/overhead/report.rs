@@ -366,7 +366,7 @@ pub fn markdown(report: &Report) -> String {
          cost any tracing-based tool pays before its own work); `console-subscriber` \
          0.5 as its docs set it up, with its gRPC server; `taskscope-tracing` \
          taskscope's layer and gRPC server; `taskscope-wrapper` no subscriber, every \
-         spawned future wrapped in `taskscope::instrument`.{}{}\n",
+         spawned future wrapped in `taskscope::instrument`.{}{}{}\n",
         if report
             .columns
             .iter()
@@ -376,6 +376,20 @@ pub fn markdown(report: &Report) -> String {
              a wrapper that counts wakes and times polls does (its own waker forwarding \
              to the executor's, two time-stamp-counter reads per poll; no task record, \
              registry or server)."
+        } else {
+            ""
+        },
+        if report
+            .columns
+            .iter()
+            .any(|c| matches!(c.config, Config::LayerFloor | Config::LayerExtensions))
+        {
+            " `layer-floor` and `layer-extensions`: the registry plus a layer that only \
+             counts each task's polls and wakes and reads the time-stamp counter around \
+             each poll, enabling the same callsites; `layer-floor` finds a task's record \
+             in a flat table indexed by the span's slab address (one index, no hash, no \
+             lock: the least such a layer pays), `layer-extensions` in the span's \
+             extensions, the way tracing layers usually keep per-span data."
         } else {
             ""
         },
