@@ -204,7 +204,6 @@ mod direct {
     const CHUNKS: usize = 1 << 10;
     const TIDS: usize = 64;
 
-    #[derive(Default)]
     struct Place {
         /// The span id, 0 when empty; written after `ptr` on insert and
         /// before it on remove.
@@ -239,7 +238,17 @@ mod direct {
         let (c, p) = index(id)?;
         let mut chunk = DIRECTORY[c].load(Acquire);
         if chunk.is_null() {
-            let fresh = Box::into_raw(Box::new(Chunk(std::array::from_fn(|_| Place::default()))));
+            let layout = std::alloc::Layout::new::<Chunk>();
+            // SAFETY: `Chunk` is not zero-sized, and all zeros is a valid
+            // `Chunk` of empty places (atomics); the allocation is freed
+            // only through the `Box` below, with the same layout.
+            let fresh = unsafe {
+                let p = std::alloc::alloc_zeroed(layout).cast::<Chunk>();
+                if p.is_null() {
+                    std::alloc::handle_alloc_error(layout);
+                }
+                p
+            };
             chunk = match DIRECTORY[c].compare_exchange(null_mut(), fresh, AcqRel, Acquire) {
                 Ok(_) => fresh,
                 Err(theirs) => {
