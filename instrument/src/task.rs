@@ -389,7 +389,9 @@ impl TaskCell {
         bump(&self.busy_ns, busy);
         let bucket = self.poll_histogram.record(busy);
         raise(&self.max_poll_ns, busy);
-        let prev_ended = self.last_poll_ended.swap(now, Relaxed);
+        // Only the polling thread writes it (see [`bump`]): no locked swap.
+        let prev_ended = self.last_poll_ended.load(Relaxed);
+        self.last_poll_ended.store(now, Relaxed);
         if panicking {
             self.finish(state::PANICKED, now);
         } else {
