@@ -12,16 +12,17 @@
 //!
 //! # Hot paths
 //! Poll start/end (span enter/exit) and waker events find the task's
-//! [`TaskCell`] in [`crate::span_table`] (one probe of a sharded map; the
-//! layer stores nothing in the registry's span extensions) and do a few
-//! relaxed atomic operations on it; nothing allocates. The task being
-//! polled is kept per thread, so a poll's end, and the waker clones and
-//! self-wakes inside it, need no lookup at all. Events inside resource
-//! spans (`state_update`, `poll_op`) find their span through a per-thread
-//! stack of entered span ids instead of the registry; callsites are
-//! classified once per thread. Timers are not tracked (a sleeping task
-//! shows idle): tokio's `Sleep` callsites are not enabled at all, and
-//! other timer resources (`Interval`) are recognised by address.
+//! [`TaskCell`] in [`crate::span_table`] (one index into a table read
+//! without locks; the layer stores nothing in the registry's span
+//! extensions) and do a few relaxed atomic operations on it; nothing
+//! allocates. The task being polled is kept per thread, so a poll's end,
+//! and the waker clones and self-wakes inside it, need no lookup at all.
+//! Events inside resource spans (`state_update`, `poll_op`) find their
+//! span through a per-thread stack of entered span ids instead of the
+//! registry; callsites are classified once per thread. Timers are not
+//! tracked (a sleeping task shows idle): tokio's `Sleep` callsites are not
+//! enabled at all, and other timer resources (`Interval`) are recognised
+//! by address.
 //! Runtime identity is read once per spawn (see [`crate::runtime`]).
 //!
 //! # What tokio's spans do not say
