@@ -21,8 +21,9 @@
 //!
 //! Modules: [`workload`] (the task bodies, identical under every
 //! configuration), [`config`] (the configurations), [`floor_wrapper`]
-//! (the minimal wrapper of `wrapper-floor`), [`measure`] (CPU
-//! time and RSS), [`runner`] (the parent's process handling), [`report`]
+//! (the minimal wrapper of `wrapper-floor`), [`floor_layer`] (the minimal
+//! layers of `layer-floor` and `layer-extensions`), [`measure`] (CPU time
+//! and RSS), [`runner`] (the parent's process handling), [`report`]
 //! (statistics, Markdown and JSON).
 
 use std::io::Write as _;
