@@ -194,6 +194,7 @@ pub fn install(config: Config) -> anyhow::Result<Installed> {
         }
         Config::LayerExtensions => {
             tracing_subscriber::registry()
+                .with(FloorLayer)
                 .with(crate::floor_layer::ExtensionsLayer)
                 .try_init()
                 .context("installing the layer-extensions subscriber")?;
@@ -201,6 +202,7 @@ pub fn install(config: Config) -> anyhow::Result<Installed> {
         }
         Config::LayerFloor => {
             tracing_subscriber::registry()
+                .with(FloorLayer)
                 .with(crate::floor_layer::DirectLayer)
                 .try_init()
                 .context("installing the layer-floor subscriber")?;

@@ -1,7 +1,8 @@
 //! Two minimal tracing layers that count each task's polls and wakes and
 //! time its polls, to put `taskscope-tracing`'s figures in proportion (as
-//! `wrapper-floor` does for the wrapper path). Both run on the registry,
-//! enable exactly the callsites of `floor` and taskscope's layer, and do
+//! `wrapper-floor` does for the wrapper path). Each is installed on top of
+//! `floor` (the registry and the layer that enables exactly taskscope's
+//! callsites), so it costs what `floor` costs plus its counting, and
 //! nothing else: no task states, histograms, scheduled time or waker clone
 //! and drop counts, no resources, backtraces or hazards, no registry of
 //! tasks, no publisher or server.
@@ -30,7 +31,7 @@ use std::sync::OnceLock;
 
 use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Id};
-use tracing_core::{Event, Interest, Metadata, Subscriber};
+use tracing_core::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -97,14 +98,6 @@ fn woken_task(event: &Event<'_>) -> Option<u64> {
     (f.wake && f.task != 0).then_some(f.task)
 }
 
-fn interest(meta: &'static Metadata<'static>) -> Interest {
-    if taskscope::interesting_callsite(meta) {
-        Interest::always()
-    } else {
-        Interest::never()
-    }
-}
-
 /// `layer-extensions`: records in the registry's span extensions.
 pub struct ExtensionsLayer;
 
@@ -112,14 +105,6 @@ impl<S> Layer<S> for ExtensionsLayer
 where
     S: Subscriber + for<'l> LookupSpan<'l>,
 {
-    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        interest(meta)
-    }
-
-    fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
-        taskscope::interesting_callsite(meta)
-    }
-
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if attrs.metadata().name() == "runtime.spawn" {
             if let Some(span) = ctx.span(id) {
@@ -207,14 +192,6 @@ impl<S> Layer<S> for DirectLayer
 where
     S: Subscriber + for<'l> LookupSpan<'l>,
 {
-    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        interest(meta)
-    }
-
-    fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
-        taskscope::interesting_callsite(meta)
-    }
-
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _ctx: Context<'_, S>) {
         let id = id.into_u64();
         let task = attrs.metadata().name() == "runtime.spawn";
