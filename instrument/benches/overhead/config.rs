@@ -192,22 +192,8 @@ pub fn install(config: Config) -> anyhow::Result<Installed> {
                 taskscope: Some((guard, addr)),
             })
         }
-        Config::LayerExtensions => {
-            tracing_subscriber::registry()
-                .with(FloorLayer)
-                .with(crate::floor_layer::ExtensionsLayer)
-                .try_init()
-                .context("installing the layer-extensions subscriber")?;
-            Ok(Installed::plain())
-        }
-        Config::LayerFloor => {
-            tracing_subscriber::registry()
-                .with(FloorLayer)
-                .with(crate::floor_layer::DirectLayer)
-                .try_init()
-                .context("installing the layer-floor subscriber")?;
-            Ok(Installed::plain())
-        }
+        Config::LayerExtensions => on_floor(crate::floor_layer::ExtensionsLayer, config),
+        Config::LayerFloor => on_floor(crate::floor_layer::DirectLayer, config),
         Config::WrapperFloor => Ok(Installed {
             spawner: Spawner::FloorWrapped,
             taskscope: None,
@@ -225,6 +211,23 @@ pub fn install(config: Config) -> anyhow::Result<Installed> {
             })
         }
     }
+}
+
+/// Installs `floor` with `layer` on top of it.
+fn on_floor<L>(layer: L, config: Config) -> anyhow::Result<Installed>
+where
+    L: tracing_subscriber::Layer<
+            tracing_subscriber::layer::Layered<FloorLayer, tracing_subscriber::Registry>,
+        > + Send
+        + Sync
+        + 'static,
+{
+    tracing_subscriber::registry()
+        .with(FloorLayer)
+        .with(layer)
+        .try_init()
+        .with_context(|| format!("installing the {} subscriber", config.name()))?;
+    Ok(Installed::plain())
 }
 
 /// A port on 127.0.0.1 nobody listens on right now (console-subscriber
