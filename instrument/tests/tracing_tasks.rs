@@ -629,3 +629,108 @@ fn yields_and_sleeps_are_counted_exactly() {
         }
     });
 }
+
+#[test]
+fn wakes_from_wakers_that_outlive_their_task_reach_no_other_task() {
+    // A finished task's waker still names its span (tokio keeps the id),
+    // and the registry hands that span's slot to new spans. Wakes from
+    // such wakers, fired from other threads while new tasks start and end
+    // in the reused slots, must be ignored: not counted on the new tasks,
+    // and never read a freed record.
+    let addr = server();
+    let rt = runtime();
+    rt.block_on(async move {
+        let stale: std::sync::Arc<Mutex<Vec<std::task::Waker>>> = Default::default();
+        let mut handles = Vec::new();
+        for i in 0..200u32 {
+            let stale = stale.clone();
+            let h = tokio::task::Builder::new()
+                .name(&format!("stale-{i}"))
+                .spawn(async move {
+                    std::future::poll_fn(|cx| {
+                        stale
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(cx.waker().clone());
+                        Poll::Ready(())
+                    })
+                    .await;
+                    tokio::task::yield_now().await;
+                })
+                .expect("spawn");
+            handles.push(h);
+        }
+        for h in handles {
+            h.await.expect("the task joins");
+        }
+        let wakers = std::mem::take(&mut *stale.lock().unwrap_or_else(|e| e.into_inner()));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let wakes_fired = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let wakers = std::sync::Arc::new(wakers);
+        let firing: Vec<_> = (0..2)
+            .map(|_| {
+                let (wakers, done, fired) = (wakers.clone(), done.clone(), wakes_fired.clone());
+                std::thread::spawn(move || {
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        for w in wakers.iter() {
+                            w.wake_by_ref();
+                        }
+                        fired.fetch_add(wakers.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let churn = |k: u32| k % 5 + 1;
+        for wave in 0..6u32 {
+            let mut handles = Vec::new();
+            for j in 0..100u32 {
+                let k = wave * 100 + j;
+                let n = churn(k);
+                let h = tokio::task::Builder::new()
+                    .name(&format!("churn-{k}"))
+                    .spawn(async move {
+                        for _ in 0..n {
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                    .expect("spawn");
+                handles.push(h);
+            }
+            for h in handles {
+                h.await.expect("the task joins");
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for f in firing {
+            f.join().expect("the firing thread ends");
+        }
+        assert!(
+            wakes_fired.load(std::sync::atomic::Ordering::Relaxed) >= 200,
+            "stale wakers were fired"
+        );
+        drop(wakers);
+
+        let mut client = taskscope_client(addr).await;
+        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
+            (0..600u32).all(|k| {
+                v.task_named(&format!("churn-{k}"))
+                    .is_some_and(|t| t.state == TaskState::Completed)
+            })
+        })
+        .await;
+        for k in 0..600u32 {
+            let t = v.task_named(&format!("churn-{k}")).expect("listed");
+            let n = u64::from(churn(k));
+            assert_eq!(t.wakes, n, "churn-{k} counts only its own wakes: {t:?}");
+            assert_eq!(t.polls, n + 1, "churn-{k}: {t:?}");
+        }
+        for i in 0..200u32 {
+            if let Some(t) = v.task_named(&format!("stale-{i}")) {
+                assert_eq!(
+                    t.wakes, 1,
+                    "stale-{i}: wakes after its end are not counted: {t:?}"
+                );
+            }
+        }
+    });
+}
