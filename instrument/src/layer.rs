@@ -189,78 +189,6 @@ thread_local! {
     /// Ids of the spans entered on this thread, innermost last: the
     /// registry's current span without a registry lookup.
     static SPAN_STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-    /// The tasks whose polls ended last on this thread (see [`recent`]).
-    static RECENT: RefCell<[RecentSlot; RECENT_SLOTS]> =
-        const { RefCell::new([const { None }; RECENT_SLOTS]) };
-}
-
-/// Slots of [`RECENT`].
-const RECENT_SLOTS: usize = 64;
-
-/// A [`RECENT`] slot: a task's span id and its cell.
-type RecentSlot = Option<(u64, Arc<TaskCell>)>;
-
-/// The [`RECENT`] slot of span `id`: tracing-subscriber's span ids count
-/// up per creating thread in their low bits (the creating thread sits from
-/// bit 38), so tasks spawned together spread over the slots.
-#[inline]
-fn recent_slot(id: u64) -> usize {
-    ((id ^ (id >> 38)) as usize) % RECENT_SLOTS
-}
-
-/// A per-thread cache in front of [`span_table`] for the tasks polled last
-/// on this thread, which are the likeliest to be woken or polled here
-/// next: tokio wakes a task that yielded (`yield_now`, a budget-exhausted
-/// op) from this thread's deferred list shortly after its poll, and often
-/// polls it here again. A hit costs no lock and no probe of the shared
-/// table, and the slot holds the id, so a miss does not touch the cell.
-/// The cell moves in at the poll's end and back out at the next enter, so
-/// its reference count is not touched either.
-///
-/// A cached cell is used only while its task is not done: a task's cell
-/// is finished in `on_close`, before the registry can hand its span id to
-/// a new span, so a finished cell is never taken for a newer span's task.
-mod recent {
-    use super::*;
-
-    /// Takes the cell of task span `id` out of the cache, if there.
-    #[inline]
-    pub(super) fn take(id: u64) -> Option<Arc<TaskCell>> {
-        RECENT
-            .try_with(|r| {
-                let mut r = r.borrow_mut();
-                let slot = &mut r[recent_slot(id)];
-                match slot {
-                    Some((i, c)) if *i == id && !c.is_done() => slot.take().map(|(_, c)| c),
-                    _ => None,
-                }
-            })
-            .ok()
-            .flatten()
-    }
-
-    /// Runs `f` on the cell of task span `id`, if cached.
-    #[inline]
-    pub(super) fn with<R>(id: u64, f: impl FnOnce(&TaskCell) -> R) -> Option<R> {
-        RECENT
-            .try_with(|r| match &r.borrow()[recent_slot(id)] {
-                Some((i, c)) if *i == id && !c.is_done() => Some(f(c)),
-                _ => None,
-            })
-            .ok()
-            .flatten()
-    }
-
-    /// Keeps `cell` (a tracing task whose poll just ended) in the cache.
-    #[inline]
-    pub(super) fn keep(cell: Arc<TaskCell>) {
-        let id = cell.id;
-        // The displaced cell is dropped outside the borrow.
-        let _displaced = RECENT
-            .try_with(|r| r.borrow_mut()[recent_slot(id)].replace((id, cell)))
-            .ok()
-            .flatten();
-    }
 }
 
 /// The span a contextual event on this thread belongs to.
@@ -1019,11 +947,8 @@ impl TaskscopeLayer {
             2 => cell.waker_dropped(),
             op => cell.woken(is_current, op == 3),
         };
-        // Most clones and self-wakes happen inside the task's own poll,
-        // and a yield's deferred wake soon after it.
-        if with_current(f.task, |cell| apply(cell, true)).is_some()
-            || recent::with(f.task, |cell| apply(cell, false)).is_some()
-        {
+        // Most clones and self-wakes happen inside the task's own poll.
+        if with_current(f.task, |cell| apply(cell, true)).is_some() {
             return;
         }
         span_table::with(f.task, |e| {
@@ -1108,11 +1033,6 @@ where
 
     fn on_enter(&self, id: &Id, _ctx: Context<'_, S>) {
         let _ = SPAN_STACK.try_with(|s| s.borrow_mut().push(id.into_u64()));
-        if let Some(cell) = recent::take(id.into_u64()) {
-            task_entered(&cell);
-            push_current(cell);
-            return;
-        }
         span_table::with(id.into_u64(), |e| match e {
             SpanEntry::Task(cell) => {
                 task_entered(cell);
@@ -1136,9 +1056,6 @@ where
         // The task entered last on this thread needs no lookup.
         if let Some(cell) = pop_current(id.into_u64()) {
             exited(&cell);
-            if cell.source == Source::Tracing {
-                recent::keep(cell);
-            }
             return;
         }
         span_table::with(id.into_u64(), |e| {

@@ -579,11 +579,10 @@ fn a_runtime_shut_down_with_a_live_task_is_marked_dropped_an_abort_is_not() {
 
 #[test]
 fn yields_and_sleeps_are_counted_exactly() {
-    // A yield's wake is deferred by tokio until after the poll, and a
-    // sleep's comes from the timer: both count (the first through the
-    // per-thread cache of recently polled tasks, the second although
-    // tokio's `Sleep` spans are not enabled), and every waker the task
-    // handed out is gone when it completes.
+    // A yield's wake is deferred by tokio until after the poll (outside
+    // the task's span), and a sleep's comes from the timer: both count
+    // (the second although tokio's `Sleep` spans are not enabled), and
+    // every waker the task handed out is gone when it completes.
     let addr = server();
     let rt = runtime();
     rt.block_on(async move {
