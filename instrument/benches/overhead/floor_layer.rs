@@ -14,10 +14,11 @@
 //! - `layer-floor` ([`DirectLayer`]) is the least such a layer pays: the
 //!   record lives in a flat table indexed by the registry's slab address
 //!   (decoded from the span id), so finding it is one index, no hashing,
-//!   no lock and no pointer to follow. It relies on tracing-subscriber's
-//!   span ids being sharded-slab keys, which no API promises, and on the
-//!   benchmark's few threads and bounded live spans; that is fine for a
-//!   yardstick and unfit for a tool.
+//!   no lock and no pointer to follow. Its records are never freed, it
+//!   has no answer for an id the table cannot place, and a wake racing
+//!   with a slot's reuse may count on the new task: fine for a yardstick,
+//!   not for a tool. (taskscope's span table uses the same index, with
+//!   hazard pointers for the race and a map behind it for other ids.)
 //!
 //! Whatever taskscope's layer costs above `layer-floor` is the price of
 //! what it shows and of finding a task safely.
