@@ -262,7 +262,8 @@ mod direct {
         Some(unsafe { &(*chunk).0[p] })
     }
 
-    // Tags in the low bits of a cell pointer: every cell is 8-aligned.
+    // Two tag bits in the low bits of a cell pointer need 4-byte alignment
+    // (every cell is 8-aligned).
     const _: () = assert!(
         std::mem::align_of::<TaskCell>() >= 4
             && std::mem::align_of::<ResourceCell>() >= 4
@@ -308,7 +309,10 @@ mod direct {
             }
             // The span's own place: a new entry for it replaces the old.
             Err(_) if place.id.load(Acquire) == id => {
-                retire(place.ptr.swap(raw, SeqCst));
+                let old = place.ptr.swap(raw, SeqCst);
+                if old != 0 {
+                    retire(old);
+                }
                 Ok(())
             }
             // Taken by another live span: the layout is not the one above.
