@@ -16,8 +16,8 @@
 //!   `taskscope::instrument`.
 //! - `wrapper-floor` (only on request): no subscriber; every spawned future
 //!   is wrapped in the minimal counting wrapper of `floor_wrapper`.
-//! - `layer-extensions` and `layer-floor` (only on request): the registry
-//!   plus one of `floor_layer`'s minimal counting layers.
+//! - `layer-extensions` and `layer-floor` (only on request): `floor` with
+//!   one of `floor_layer`'s minimal counting layers on top.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -384,9 +384,9 @@ pub fn markdown(report: &Report) -> String {
             .iter()
             .any(|c| matches!(c.config, Config::LayerFloor | Config::LayerExtensions))
         {
-            " `layer-floor` and `layer-extensions`: the registry plus a layer that only \
+            " `layer-floor` and `layer-extensions`: `floor` with a layer on top that only \
              counts each task's polls and wakes and reads the time-stamp counter around \
-             each poll, enabling the same callsites; `layer-floor` finds a task's record \
+             each poll; `layer-floor` finds a task's record \
              in a flat table indexed by the span's slab address (one index, no hash, no \
              lock: the least such a layer pays), `layer-extensions` in the span's \
              extensions, the way tracing layers usually keep per-span data."
