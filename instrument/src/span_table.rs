@@ -542,7 +542,11 @@ mod direct {
                     batch.append(&mut o);
                 }
                 scan(&mut batch);
-                r.0.borrow_mut().append(&mut batch);
+                // The scanned list goes back with its allocation, so the
+                // next pushes do not grow a fresh one.
+                let mut list = r.0.borrow_mut();
+                std::mem::swap(&mut *list, &mut batch);
+                list.append(&mut batch);
             }
         });
         if queued.is_err() {
