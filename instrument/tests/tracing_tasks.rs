@@ -577,6 +577,19 @@ fn a_runtime_shut_down_with_a_live_task_is_marked_dropped_an_abort_is_not() {
     drop(running);
 }
 
+/// A snapshot taken once the tasks `{prefix}-0` … `{prefix}-{n - 1}` all
+/// show completed (or after 5 s).
+async fn all_completed(addr: SocketAddr, prefix: &str, n: u32) -> TaskscopeView {
+    let mut client = taskscope_client(addr).await;
+    snapshot_until(&mut client, Duration::from_secs(5), |v| {
+        (0..n).all(|i| {
+            v.task_named(&format!("{prefix}-{i}"))
+                .is_some_and(|t| t.state == TaskState::Completed)
+        })
+    })
+    .await
+}
+
 #[test]
 fn yields_and_sleeps_are_counted_exactly() {
     // A yield's wake is deferred by tokio until after the poll (outside
@@ -604,14 +617,7 @@ fn yields_and_sleeps_are_counted_exactly() {
         for h in handles {
             h.await.expect("the task joins");
         }
-        let mut client = taskscope_client(addr).await;
-        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
-            (0..40u32).all(|i| {
-                v.task_named(&format!("yielder-{i}"))
-                    .is_some_and(|t| t.state == TaskState::Completed)
-            })
-        })
-        .await;
+        let v = all_completed(addr, "yielder", 40).await;
         for i in 0..40u32 {
             let t = v.task_named(&format!("yielder-{i}")).expect("listed");
             let n = u64::from(yields(i));
@@ -709,14 +715,7 @@ fn wakes_from_wakers_that_outlive_their_task_reach_no_other_task() {
         );
         drop(wakers);
 
-        let mut client = taskscope_client(addr).await;
-        let v = snapshot_until(&mut client, Duration::from_secs(5), |v| {
-            (0..600u32).all(|k| {
-                v.task_named(&format!("churn-{k}"))
-                    .is_some_and(|t| t.state == TaskState::Completed)
-            })
-        })
-        .await;
+        let v = all_completed(addr, "churn", 600).await;
         for k in 0..600u32 {
             let t = v.task_named(&format!("churn-{k}")).expect("listed");
             let n = u64::from(churn(k));
